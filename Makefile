@@ -1,0 +1,30 @@
+PYTHON ?= python3
+
+.PHONY: install test test-unit lint typecheck smoke tensorboard clean
+
+install:  ## install proj and its dev tools (torch from the pins in pyproject.toml)
+	$(PYTHON) -m pip install -e ".[dev]"
+
+test:  ## the whole suite: unit tests and the slow end-to-end fits
+	$(PYTHON) -m pytest
+
+test-unit:  ## unit tests only (< 3 minutes on 2 cores)
+	$(PYTHON) -m pytest -m "not slow"
+
+lint:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+typecheck:
+	$(PYTHON) -m mypy
+
+DATA ?= ../shared/data
+smoke:  ## one short epoch on real MNIST in $(DATA)
+	$(PYTHON) -m proj.fit --data.data_dir $(DATA) --trainer.max_epochs 1 --trainer.limit_train_batches 100 \
+		--trainer.logger.init_args.save_dir /tmp/proj-smoke-logs
+
+tensorboard:
+	$(PYTHON) -m tensorboard.main --logdir logs
+
+clean:
+	rm -rf logs .pytest_cache .mypy_cache .ruff_cache

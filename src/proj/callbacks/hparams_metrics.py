@@ -1,0 +1,27 @@
+"""Final metrics beside the hyperparameters in TensorBoard's HPARAMS tab, for comparing runs."""
+
+from __future__ import annotations
+
+from lightning.fabric.utilities.logger import _flatten_dict, _sanitize_params
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.tensorboard.summary import hparams
+
+
+class HParamsMetrics(Callback):
+    """Declares which metrics the HPARAMS tab lists; TensorBoard shows the last value logged under each.
+
+    `TensorBoardLogger.log_hyperparams(params, metrics)` would also write the metrics as scalars at step 0,
+    a fake first point in every curve; writing the summaries directly declares the columns only.
+    """
+
+    def __init__(self, metrics: tuple[str, ...] = ("val/acc_best", "val/loss", "test/acc", "test/loss")) -> None:
+        self.metrics = metrics
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
+                params = _sanitize_params(_flatten_dict(dict(logger.hparams)))
+                writer = logger.experiment._get_file_writer()
+                for summary in hparams(params, dict.fromkeys(self.metrics, 0.0)):
+                    writer.add_summary(summary)

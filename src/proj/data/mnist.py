@@ -1,0 +1,167 @@
+"""MNIST as a LightningDataModule: where the files live, how they are split, transformed and batched."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision.datasets import MNIST
+from torchvision.transforms import v2
+
+from proj.data.idx import read_idx_shape
+from proj.errors import UserError
+
+MEAN, STD = 0.1307, 0.3081  # of the 60,000 training images, pixels scaled to [0, 1]
+SPLIT_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+class MNISTDataModule(LightningDataModule):
+    """Train/val split of the 60,000 training images (seeded, disjoint); the official 10,000 for test.
+
+    Args:
+        data_dir: folder holding `MNIST/raw/*-ubyte` (torchvision's layout); downloaded there if absent.
+        batch_size: images per optimizer step (and per evaluation batch).
+        val_size: training images held out for validation.
+        augment: random small rotations and shifts of training images, drawn anew every epoch.
+        num_workers: loader subprocesses decoding images while the model trains.
+        pin_memory: page-locked batches, for faster copies to a GPU.
+        persistent_workers: keep loader workers alive between epochs.
+        download: fetch missing files with torchvision; off for machines without internet.
+        split_seed: seed of the train/val split, independent of the training seed.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path = "data",
+        batch_size: int = 128,
+        val_size: int = 5000,
+        augment: bool = False,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        download: bool = True,
+        split_seed: int = 42,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise UserError(f"batch_size must be at least 1, got {batch_size}: set --data.batch_size.")
+        if val_size < 1:
+            raise UserError(f"val_size must be at least 1, got {val_size}: set --data.val_size.")
+        if persistent_workers and num_workers < 1:
+            raise UserError("persistent_workers needs num_workers >= 1: set --data.num_workers.")
+        self.save_hyperparameters()
+        self.data_dir = Path(data_dir)
+        self.batch_size = batch_size
+        self.train_set: Dataset[tuple[Tensor, int]] | None = None
+        self.val_set: Dataset[tuple[Tensor, int]] | None = None
+        self.test_set: Dataset[tuple[Tensor, int]] | None = None
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.data_dir / "MNIST" / "raw"
+
+    def transform(self, train: bool) -> v2.Transform:
+        """Pixels to normalised float tensors; training images first get random small affine moves."""
+        steps: list[v2.Transform] = [v2.ToImage()]
+        if train and self.hparams["augment"]:
+            # Rotations and shifts keep a digit's identity; flips do not (a mirrored 2 is no 2).
+            steps.append(v2.RandomAffine(degrees=10, translate=(0.1, 0.1)))
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize([MEAN], [STD])]
+        return v2.Compose(steps)
+
+    def prepare_data(self) -> None:
+        """Download once per machine, before `setup` runs in every process."""
+        if self.data_dir.is_file():
+            raise UserError(f"data_dir {str(self.data_dir)!r} is a file; point --data.data_dir at a folder.")
+        missing = [name for files in SPLIT_FILES.values() for name in files if not (self.raw_dir / name).is_file()]
+        if not missing:
+            return
+        if not self.hparams["download"]:
+            raise self._not_found(missing, "downloading is off (--data.download false)")
+        try:
+            for train in (True, False):
+                MNIST(self.data_dir, train=train, download=True)
+        except (RuntimeError, OSError) as err:
+            raise self._not_found(missing, f"the download failed ({str(err).splitlines()[0]})") from err
+
+    def _not_found(self, missing: list[str], reason: str) -> UserError:
+        return UserError(
+            f"MNIST not found: {self.raw_dir} lacks {', '.join(missing)}, and {reason}. "
+            "Point --data.data_dir at a folder holding MNIST/raw/ with the four *-ubyte files, "
+            "or run once with internet access to download them there."
+        )
+
+    def _load(self, split: str, train_transform: bool) -> MNIST:
+        """torchvision's reader, after a header check that names the bad file if there is one."""
+        images, labels = (self.raw_dir / name for name in SPLIT_FILES[split])
+        missing = [path.name for path in (images, labels) if not path.is_file()]
+        if missing:
+            raise self._not_found(missing, "setup() ran without prepare_data() to download them")
+        count, labels_count = read_idx_shape(images, ndim=3)[0], read_idx_shape(labels, ndim=1)[0]
+        if count != labels_count:
+            raise UserError(
+                f"{images} holds {count} images but {labels} holds {labels_count} labels; "
+                "the files come from different sets. Replace both with matching originals."
+            )
+        return MNIST(self.data_dir, train=split == "train", transform=self.transform(train_transform))
+
+    def setup(self, stage: str) -> None:
+        if stage in ("fit", "validate") and self.train_set is None:
+            train_images = self._load("train", train_transform=True)
+            val_images = copy.copy(train_images)  # shares the decoded tensors, without augmentation
+            val_images.transform = self.transform(train=False)
+            val_size = self.hparams["val_size"]
+            if val_size >= len(train_images):
+                raise UserError(
+                    f"val_size {val_size} leaves no training images out of {len(train_images)}: lower --data.val_size."
+                )
+            generator = torch.Generator().manual_seed(self.hparams["split_seed"])
+            order = torch.randperm(len(train_images), generator=generator)
+            self.train_set = Subset(train_images, order[val_size:].tolist())
+            self.val_set = Subset(val_images, order[:val_size].tolist())
+        if stage in ("test", "predict") and self.test_set is None:
+            self.test_set = self._load("test", train_transform=False)
+
+    def _loader(self, dataset: Dataset | None, shuffle: bool = False) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("call setup() with the matching stage before asking for its loader")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.hparams["num_workers"],
+            pin_memory=self.hparams["pin_memory"],
+            persistent_workers=self.hparams["persistent_workers"],
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(ImagesOnly(self.test_set) if self.test_set is not None else None)
+
+
+class ImagesOnly(Dataset[Tensor]):
+    """A labelled dataset with its labels dropped: what prediction sees."""
+
+    def __init__(self, dataset: Dataset[tuple[Tensor, int]]) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Tensor:
+        return self.dataset[index][0]

@@ -1,0 +1,113 @@
+"""What every classifier shares: the steps, the metrics and the optimizer/scheduler wiring."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from proj.schedulers import SchedulerCallable
+
+STAGES = ("train", "val", "test")
+
+
+class ImageClassifier(LightningModule):
+    """Base LightningModule: a subclass only builds `self.net`, mapping (B, 1, 28, 28) images to (B, C) logits.
+
+    Args:
+        num_classes: size of the output layer.
+        optimizer: builds the optimizer from the parameters, e.g. `--model.optimizer SGD
+            --model.optimizer.lr 0.1`.
+        scheduler: builds a learning-rate scheduler from the optimizer; none keeps the rate constant.
+        scheduler_interval: step the scheduler after every "epoch" or every optimizer "step".
+    """
+
+    net: nn.Module
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: SchedulerCallable | None = None,
+        scheduler_interval: Literal["epoch", "step"] = "epoch",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.optimizer_callable = optimizer
+        self.scheduler_callable = scheduler
+        self.example_input_array = torch.zeros(1, 1, 28, 28)  # lets the model summary show layer shapes
+        # Metrics accumulate over an epoch and are logged once at its end: cheaper than per-step logging,
+        # and exact over the whole epoch (and across processes under DDP).
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.train_acc, self.val_acc, self.test_acc = (MulticlassAccuracy(num_classes, average="micro") for _ in STAGES)
+        self.val_acc_best = MaxMetric()
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net(images)
+
+    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> dict[str, Tensor]:
+        images, labels = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels)
+        preds = logits.argmax(dim=1)
+        getattr(self, f"{stage}_loss").update(loss.detach(), weight=labels.numel())
+        getattr(self, f"{stage}_acc").update(preds, labels)
+        return {"loss": loss, "preds": preds}
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        return self._step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        return self._step(batch, "test")
+
+    def predict_step(self, batch: Tensor | tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        """Class probabilities; accepts bare image batches (unlabelled data) or (images, labels)."""
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(images).softmax(dim=1)
+
+    def _log_epoch(self, stage: str) -> Tensor:
+        loss, accuracy = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc")
+        values = {f"{stage}/loss": loss.compute(), f"{stage}/acc": accuracy.compute()}
+        loss.reset()
+        accuracy.reset()
+        self.log_dict(values, prog_bar=True)
+        return values[f"{stage}/acc"]
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        accuracy = self._log_epoch("val")
+        if not self.trainer.sanity_checking:  # the sanity check's two batches are no real score
+            self.val_acc_best.update(accuracy)
+            self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_callable(self.parameters())
+        if self.scheduler_callable is None:
+            return optimizer
+        scheduler = self.scheduler_callable(optimizer)
+        config: dict[str, Any] = {"scheduler": scheduler, "interval": self.hparams["scheduler_interval"]}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = getattr(scheduler, "monitor", "val/loss")
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # torch.load(weights_only=True) refuses arbitrary objects. Built from a config, the optimizer and
+        # scheduler hyperparameters are plain data; passed as Python callables they are not: drop those,
+        # so the checkpoint still loads (with the default optimizer) in a fresh process.
+        hparams = checkpoint.get("hyper_parameters", {})
+        for key in [key for key, value in hparams.items() if callable(value)]:
+            del hparams[key]

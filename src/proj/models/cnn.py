@@ -1,0 +1,53 @@
+"""A convolutional network: small filters shared across the image, then a linear classifier."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from proj.models.base import ImageClassifier
+from proj.models.weight_init import Init, init_weights
+
+
+class CNN(nn.Sequential):
+    """Per stage a 3x3 convolution -> [BatchNorm] -> ReLU -> 2x2 max-pool; then hidden and output layers."""
+
+    def __init__(
+        self, channels: tuple[int, ...], hidden_size: int, num_classes: int, dropout: float, batch_norm: bool
+    ) -> None:
+        layers: list[nn.Module] = []
+        in_channels, side = 1, 28
+        for out_channels in channels:
+            layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=not batch_norm)]
+            layers += [nn.BatchNorm2d(out_channels)] if batch_norm else []
+            layers += [nn.ReLU(), nn.MaxPool2d(2)]
+            in_channels, side = out_channels, side // 2
+        layers += [nn.Flatten(), nn.Dropout(dropout), nn.Linear(in_channels * side * side, hidden_size)]
+        layers += [nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden_size, num_classes)]
+        super().__init__(*layers)
+
+
+class CNNClassifier(ImageClassifier):
+    """CNN classifier of 28x28 images; `**kwargs` go to `ImageClassifier` (optimizer, scheduler, ...).
+
+    Args:
+        channels: output channels of each convolution stage; each stage halves the image side.
+        hidden_size: width of the fully connected layer before the output.
+        dropout: probability of zeroing an input of the two fully connected layers during training.
+        batch_norm: normalise each convolution's output over the batch.
+        init: weight initialisation scheme.
+    """
+
+    def __init__(
+        self,
+        channels: tuple[int, ...] = (32, 64),
+        hidden_size: int = 128,
+        dropout: float = 0.2,
+        batch_norm: bool = True,
+        init: Init = "kaiming",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.net = CNN(channels, hidden_size, self.hparams["num_classes"], dropout, batch_norm)
+        init_weights(self.net, init)

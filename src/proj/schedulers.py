@@ -1,0 +1,45 @@
+"""Learning-rate schedules beyond torch's own, and the type the models accept for one.
+
+torch ships StepLR, ExponentialLR, CosineAnnealingLR, ReduceLROnPlateau and more; any of them, or a class
+defined here, is chosen with `--model.scheduler NAME`. Add a schedule as a class in this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
+
+
+class ReduceLROnPlateau(torch.optim.lr_scheduler.ReduceLROnPlateau):
+    """torch's ReduceLROnPlateau plus the logged metric it watches, so one config names both."""
+
+    def __init__(self, optimizer: Optimizer, monitor: str = "val/loss", **kwargs: Any) -> None:
+        super().__init__(optimizer, **kwargs)
+        self.monitor = monitor
+
+
+class WarmupDecay(LambdaLR):
+    """Linear warmup, then exponential decay: lr * (t + 1) / warmup for t < warmup, else lr * gamma ** (t + 1 - warmup).
+
+    Warmup keeps the first, largest updates of a freshly initialised network small (they are the ones most
+    likely to diverge at a high learning rate); the decay then anneals like ExponentialLR. `t` counts
+    scheduler steps: epochs by default, optimizer steps with `--model.scheduler_interval step`.
+    """
+
+    def __init__(self, optimizer: Optimizer, warmup: int = 1, gamma: float = 0.7, last_epoch: int = -1) -> None:
+        if warmup < 1:
+            raise ValueError(f"warmup must be at least 1 step, got {warmup}")
+        self.warmup, self.gamma = warmup, gamma
+        super().__init__(optimizer, self.factor, last_epoch=last_epoch)
+
+    def factor(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        return float(self.gamma ** (step + 1 - self.warmup))
+
+
+SchedulerCallable = Callable[[Optimizer], LRScheduler]  # ReduceLROnPlateau is an LRScheduler too
