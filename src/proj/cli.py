@@ -90,7 +90,8 @@ class ProjCLI(LightningCLI):
     def after_fit(self) -> None:
         if not self.config[self.subcommand].test_after_fit:
             return
-        best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
+        checkpoint = self.trainer.checkpoint_callback
+        best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
         results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
         accuracy = results[0]["test/acc"]
         source = f"best checkpoint {best}" if best else "final weights (no checkpoint was saved)"

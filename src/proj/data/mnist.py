@@ -50,6 +50,7 @@ class MNISTDataModule(LightningDataModule):
         split_seed: int = 42,
     ) -> None:
         super().__init__()
+        data_dir = str(data_dir)  # hparams stay plain data: a Path would not load with weights_only=True
         if batch_size < 1:
             raise UserError(f"batch_size must be at least 1, got {batch_size}: set --data.batch_size.")
         if val_size < 1:

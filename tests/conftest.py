@@ -1,0 +1,107 @@
+"""Shared fixtures: a tiny synthetic MNIST, runs in a temporary folder, no network, quick Trainers and CLI runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torchvision
+from lightning.pytorch import Trainer
+
+import proj.fit
+from proj.cli import ProjCLI
+from proj.data import MNISTDataModule
+from proj.data.synthetic import write_synthetic_mnist
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+MODEL_CONFIGS = {name: CONFIGS / f"{name}.yaml" for name in ("mlp", "cnn")}
+SCHEDULER_CONFIGS = {
+    name: CONFIGS / "scheduler" / f"{name}.yaml" for name in ("step", "exponential", "cosine", "plateau", "warmup")
+}
+NUM_TRAIN, NUM_TEST, VAL_SIZE = 600, 200, 100
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """data_dir of a synthetic MNIST: 600 training and 200 test images in the real file layout."""
+    return write_synthetic_mnist(tmp_path_factory.mktemp("mnist"), NUM_TRAIN, NUM_TEST)
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in its own folder (no logs/ in the repo) and any MNIST download fails at once."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])
+
+
+def datamodule(data_dir: Path, **kwargs: Any) -> MNISTDataModule:
+    options: dict[str, Any] = {"batch_size": 32, "val_size": VAL_SIZE, "num_workers": 0, "download": False}
+    return MNISTDataModule(data_dir, **{**options, **kwargs})
+
+
+def quick_trainer(**kwargs: Any) -> Trainer:
+    """A Trainer without logger, checkpoints, progress bar or summary, on the CPU."""
+    options: dict[str, Any] = {
+        "accelerator": "cpu",
+        "max_epochs": 1,
+        "limit_train_batches": 3,
+        "limit_val_batches": 1,
+        "num_sanity_val_steps": 0,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return Trainer(**{**options, **kwargs})
+
+
+def tiny_run_args(data_dir: Path, logs: Path, *extra: str) -> list[str]:
+    """Flags for a seconds-long fit on the synthetic data, logging under `logs`."""
+    return [
+        *extra,
+        "--data.data_dir",
+        str(data_dir),
+        "--data.val_size",
+        str(VAL_SIZE),
+        "--data.batch_size",
+        "32",
+        "--data.num_workers",
+        "0",
+        "--data.download",
+        "false",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.limit_train_batches",
+        "3",
+        "--trainer.limit_val_batches",
+        "2",
+        "--trainer.limit_test_batches",
+        "2",
+        "--trainer.logger.init_args.save_dir",
+        str(logs),
+    ]
+
+
+def run_fit(data_dir: Path, logs: Path, *extra: str) -> None:
+    """`python -m proj.fit` in-process: a tiny fit, then the test."""
+    proj.fit.main(tiny_run_args(data_dir, logs, *extra))
+
+
+def build_cli(data_dir: Path, *args: str) -> ProjCLI:
+    """Parse and instantiate (model, data, trainer) without running anything."""
+    return ProjCLI(args=[*args, "--data.data_dir", str(data_dir), "--data.num_workers", "0"], run=False)
+
+
+def run_python(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """A fresh interpreter with src/ importable, in the current (temporary) folder."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
+    )

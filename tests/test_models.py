@@ -1,0 +1,268 @@
+from __future__ import annotations
+
+import functools
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Callback
+from lightning.pytorch.utilities.model_summary import ModelSummary
+from torch import nn
+
+from conftest import MODEL_CONFIGS, datamodule, quick_trainer, run_fit, run_python
+from proj.models import CNNClassifier, ImageClassifier, MLPClassifier
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs"),
+    [
+        (MLPClassifier, {}),
+        (MLPClassifier, {"hidden_sizes": (64,), "batch_norm": False}),
+        (MLPClassifier, {"hidden_sizes": (32, 16, 8), "dropout": 0.0}),
+        (MLPClassifier, {"hidden_sizes": (), "num_classes": 3}),
+        (CNNClassifier, {}),
+        (CNNClassifier, {"channels": (8,), "hidden_size": 16, "batch_norm": False}),
+        (CNNClassifier, {"channels": (4, 8, 16), "hidden_size": 32, "num_classes": 5}),
+    ],
+)
+@pytest.mark.parametrize("training", [True, False])
+def test_output_shape(cls, kwargs, training):
+    model = cls(**kwargs).train(training)
+    assert model(torch.randn(3, 1, 28, 28)).shape == (3, kwargs.get("num_classes", 10))
+
+
+def count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_mlp_parameter_count():
+    assert count(MLPClassifier(hidden_sizes=(32,), batch_norm=False)) == 784 * 32 + 32 + 32 * 10 + 10
+    # with batch norm the linear layer has no bias; BatchNorm adds a weight and a bias per unit
+    assert count(MLPClassifier(hidden_sizes=(32,), batch_norm=True)) == 784 * 32 + 2 * 32 + 32 * 10 + 10
+    assert count(MLPClassifier()) == 784 * 512 + 2 * 512 + 512 * 256 + 2 * 256 + 256 * 10 + 10
+
+
+def test_cnn_parameter_count():
+    conv = 1 * 32 * 9 + 2 * 32 + 32 * 64 * 9 + 2 * 64  # 3x3 kernels without bias, BatchNorm weight and bias
+    dense = 64 * 7 * 7 * 128 + 128 + 128 * 10 + 10  # two 2x2 pools: 28 -> 7
+    assert count(CNNClassifier()) == conv + dense
+    small = CNNClassifier(channels=(4, 8, 16), hidden_size=32, batch_norm=False)
+    conv = 1 * 4 * 9 + 4 + 4 * 8 * 9 + 8 + 8 * 16 * 9 + 16
+    assert count(small) == conv + 16 * 3 * 3 * 32 + 32 + 32 * 10 + 10  # 28 -> 14 -> 7 -> 3
+
+
+def test_trainable_and_frozen_counts():
+    model = MLPClassifier(hidden_sizes=(32,), batch_norm=False)
+    model.net[1].requires_grad_(False)
+    summary = ModelSummary(model)
+    assert summary.total_parameters == 784 * 32 + 32 + 32 * 10 + 10
+    assert summary.trainable_parameters == 32 * 10 + 10
+
+
+def layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
+@pytest.mark.parametrize("cls", [MLPClassifier, CNNClassifier])
+@pytest.mark.parametrize("init", ["xavier", "kaiming"])
+def test_named_inits_zero_biases(cls, init):
+    torch.manual_seed(0)
+    default = cls(init="default", batch_norm=False)
+    torch.manual_seed(0)
+    model = cls(init=init, batch_norm=False)
+    for layer, reference in zip(layers(model), layers(default), strict=True):
+        assert torch.count_nonzero(layer.bias) == 0
+        assert torch.count_nonzero(reference.bias) > 0
+        assert not torch.equal(layer.weight, reference.weight)
+
+
+@pytest.mark.parametrize(
+    ("init", "std"),
+    [
+        ("default", 1 / math.sqrt(3 * 784)),  # torch's uniform(-1/sqrt(fan_in), 1/sqrt(fan_in))
+        ("xavier", math.sqrt(2 / (784 + 512))),
+        ("kaiming", math.sqrt(2 / 784)),
+    ],
+)
+def test_init_scale(init, std):
+    torch.manual_seed(0)
+    first = layers(MLPClassifier(init=init))[0]  # 784 -> 512: 400k weights, a precise estimate
+    assert first.weight.std().item() == pytest.approx(std, rel=0.02)
+
+
+def test_hparams_saved():
+    mlp = MLPClassifier(hidden_sizes=(64, 32), dropout=0.1, batch_norm=False, init="xavier", num_classes=7)
+    assert mlp.hparams["hidden_sizes"] == (64, 32)
+    assert mlp.hparams["dropout"] == 0.1
+    assert mlp.hparams["batch_norm"] is False
+    assert mlp.hparams["init"] == "xavier"
+    assert mlp.hparams["num_classes"] == 7
+    cnn = CNNClassifier(channels=(8, 16), hidden_size=24, scheduler_interval="step")
+    assert cnn.hparams["channels"] == (8, 16)
+    assert cnn.hparams["hidden_size"] == 24
+    assert cnn.hparams["scheduler_interval"] == "step"
+
+
+def test_predict_step_gives_probabilities():
+    model = CNNClassifier(channels=(4,), hidden_size=8).eval()
+    images, labels = torch.randn(5, 1, 28, 28), torch.arange(5)
+    bare = model.predict_step(images, 0)
+    assert bare.shape == (5, 10)
+    assert (bare >= 0).all()
+    torch.testing.assert_close(bare.sum(dim=1), torch.ones(5))
+    torch.testing.assert_close(model.predict_step((images, labels), 0), bare)
+    torch.testing.assert_close(model.predict_step([images, labels], 0), bare)
+    torch.testing.assert_close(bare, model(images).softmax(dim=1))
+
+
+def test_configure_optimizers_without_scheduler():
+    model = MLPClassifier(hidden_sizes=(8,), optimizer=functools.partial(torch.optim.SGD, lr=0.3))
+    optimizer = model.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert optimizer.param_groups[0]["lr"] == 0.3
+    assert sum(p.numel() for group in optimizer.param_groups for p in group["params"]) == count(model)
+
+
+def test_default_optimizer_is_adam():
+    optimizer = MLPClassifier(hidden_sizes=(8,)).configure_optimizers()
+    assert type(optimizer) is torch.optim.Adam
+    assert optimizer.param_groups[0]["lr"] == 1e-3
+
+
+class EpochMetrics(Callback):
+    """The metrics each epoch logged (the model logs them in its own epoch-end hooks, after the callbacks')."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, float]] = []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch > 0:
+            self.epochs.append({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+    def on_train_end(self, trainer, pl_module):
+        self.epochs.append({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+
+def test_fit_learns_and_logs_metrics(mnist_dir):
+    torch.manual_seed(0)
+    model = MLPClassifier(hidden_sizes=(32,), optimizer=functools.partial(torch.optim.Adam, lr=3e-3))
+    dm = datamodule(mnist_dir)
+    record = EpochMetrics()
+    trainer = quick_trainer(max_epochs=4, limit_train_batches=4, limit_val_batches=2, callbacks=[record])
+    trainer.fit(model, datamodule=dm)
+
+    metrics = trainer.callback_metrics
+    assert {"train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best"} <= metrics.keys()
+    losses = [epoch["train/loss"] for epoch in record.epochs]
+    assert len(losses) == 4
+    assert losses[-1] < losses[0]
+    accuracies = [epoch["val/acc"] for epoch in record.epochs]
+    assert [epoch["val/acc_best"] for epoch in record.epochs] == [max(accuracies[: i + 1]) for i in range(4)]
+
+    # val/loss and val/acc are exact means over the validation batches seen (2 of 32), with the final weights
+    model.eval()
+    with torch.no_grad():
+        batches = [batch for _, batch in zip(range(2), dm.val_dataloader(), strict=False)]
+        logits = torch.cat([model(images) for images, _ in batches])
+        labels = torch.cat([labels for _, labels in batches])
+    assert metrics["val/loss"].item() == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5)
+    assert metrics["val/acc"].item() == pytest.approx((logits.argmax(1) == labels).float().mean().item())
+
+
+def make_optimizer(params):
+    """A module-level function: a fresh process cannot import this test module to unpickle it."""
+    return torch.optim.SGD(params, lr=0.05)
+
+
+def save_python_checkpoint(path: Path) -> MLPClassifier:
+    model = MLPClassifier(
+        hidden_sizes=(16,),
+        dropout=0.0,
+        optimizer=make_optimizer,
+        scheduler=functools.partial(torch.optim.lr_scheduler.StepLR, step_size=1),
+    )
+    trainer = quick_trainer()
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(path)
+    return model
+
+
+def test_python_checkpoint_drops_callables(tmp_path):
+    model = save_python_checkpoint(tmp_path / "model.ckpt")
+    assert model.hparams["optimizer"] is make_optimizer  # the live model keeps them
+    hparams = torch.load(tmp_path / "model.ckpt", weights_only=True)["hyper_parameters"]
+    assert "optimizer" not in hparams
+    assert "scheduler" not in hparams
+    assert hparams["hidden_sizes"] == (16,)
+    loaded = MLPClassifier.load_from_checkpoint(tmp_path / "model.ckpt", weights_only=True)
+    assert loaded.hparams["hidden_sizes"] == (16,)
+    assert type(loaded.configure_optimizers()) is torch.optim.Adam  # the default replaces the dropped callable
+
+
+LOAD_AND_PREDICT = """
+import json, sys, torch
+import proj.models
+cls = getattr(proj.models, sys.argv[2])
+model = cls.load_from_checkpoint(sys.argv[1], map_location="cpu", weights_only=True).eval()
+torch.manual_seed(123)
+with torch.no_grad():
+    outputs = model(torch.randn(4, 1, 28, 28))
+optimizer = model.configure_optimizers()
+optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+print(json.dumps({"class": type(model).__name__, "outputs": outputs.tolist(),
+                  "optimizer": type(optimizer).__name__, "lr": optimizer.param_groups[0]["lr"]}))
+"""
+
+
+def load_in_fresh_process(checkpoint: Path, class_name: str) -> dict:
+    result = run_python("-c", LOAD_AND_PREDICT, str(checkpoint), class_name)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def reference_outputs(model: ImageClassifier, state_dict: dict) -> torch.Tensor:
+    model.load_state_dict(state_dict)
+    model.eval()
+    torch.manual_seed(123)
+    with torch.no_grad():
+        return model(torch.randn(4, 1, 28, 28))
+
+
+@pytest.mark.slow
+def test_cli_checkpoint_loads_in_fresh_process(mnist_dir, tmp_path):
+    run_fit(
+        mnist_dir,
+        tmp_path / "logs",
+        "--config",
+        str(MODEL_CONFIGS["cnn"]),
+        "--model.init_args.channels",
+        "[4, 8]",
+        "--model.init_args.hidden_size",
+        "16",
+        "--model.optimizer.lr",
+        "0.01",
+        "--trainer.max_epochs",
+        "1",
+        "--test_after_fit",
+        "false",
+    )
+    checkpoint = tmp_path / "logs" / "cnn" / "version_0" / "checkpoints" / "last.ckpt"
+    loaded = load_in_fresh_process(checkpoint, "CNNClassifier")
+    assert loaded["class"] == "CNNClassifier"
+    assert (loaded["optimizer"], loaded["lr"]) == ("Adam", 0.01)  # the optimizer is restored from the config
+    state = torch.load(checkpoint, weights_only=True)["state_dict"]
+    expected = reference_outputs(CNNClassifier(channels=(4, 8), hidden_size=16), state)
+    torch.testing.assert_close(torch.tensor(loaded["outputs"]), expected)
+
+
+@pytest.mark.slow
+def test_python_checkpoint_loads_in_fresh_process(tmp_path):
+    model = save_python_checkpoint(tmp_path / "model.ckpt")
+    loaded = load_in_fresh_process(tmp_path / "model.ckpt", "MLPClassifier")
+    assert loaded["class"] == "MLPClassifier"
+    assert loaded["optimizer"] == "Adam"
+    expected = reference_outputs(model, model.state_dict())
+    torch.testing.assert_close(torch.tensor(loaded["outputs"]), expected)

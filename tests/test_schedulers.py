@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import functools
+import math
+
+import pytest
+import torch
+import yaml
+
+import proj.cli
+import proj.schedulers
+from conftest import MODEL_CONFIGS, SCHEDULER_CONFIGS, build_cli, datamodule, quick_trainer
+from proj.models import MLPClassifier
+from proj.schedulers import WarmupDecay
+
+LR = 1e-3  # configs/{mlp,cnn}.yaml
+
+
+def step_lr(k: int) -> float:
+    return LR * 0.5 ** (k // 2)
+
+
+def exponential_lr(k: int) -> float:
+    return LR * 0.7**k
+
+
+def cosine_lr(k: int) -> float:
+    return 0.0 + (LR - 0.0) * (1 + math.cos(math.pi * k / 5)) / 2
+
+
+def warmup_lr(k: int) -> float:
+    return (k + 1) / 200 * LR if k < 200 else LR * 0.9995 ** (k + 1 - 200)
+
+
+@pytest.mark.parametrize(
+    ("name", "scheduler_class", "interval", "closed_form", "steps"),
+    [
+        ("step", torch.optim.lr_scheduler.StepLR, "epoch", step_lr, range(8)),
+        ("exponential", torch.optim.lr_scheduler.ExponentialLR, "epoch", exponential_lr, range(8)),
+        ("cosine", torch.optim.lr_scheduler.CosineAnnealingLR, "epoch", cosine_lr, range(6)),
+        ("warmup", WarmupDecay, "step", warmup_lr, [0, 1, 99, 198, 199, 200, 201, 600]),
+    ],
+)
+def test_scheduler_config_follows_closed_form(mnist_dir, name, scheduler_class, interval, closed_form, steps):
+    cli = build_cli(mnist_dir, "--config", str(MODEL_CONFIGS["cnn"]), "--config", str(SCHEDULER_CONFIGS[name]))
+    config = cli.model.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert type(scheduler) is scheduler_class
+    assert config["lr_scheduler"]["interval"] == interval
+    assert "monitor" not in config["lr_scheduler"]
+    done = 0
+    for k in steps:
+        for _ in range(k - done):
+            optimizer.step()
+            scheduler.step()
+        done = k
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(closed_form(k), rel=1e-9, abs=1e-15), f"step {k}"
+
+
+def test_warmup_decay_factor():
+    scheduler = WarmupDecay(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), warmup=4, gamma=0.5)
+    assert [scheduler.factor(t) for t in range(7)] == [0.25, 0.5, 0.75, 1.0, 0.5, 0.25, 0.125]
+    assert scheduler.get_last_lr() == [0.25]  # constructing it takes step 0
+
+
+def test_warmup_decay_rejects_zero_warmup():
+    with pytest.raises(ValueError, match="warmup"):
+        WarmupDecay(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), warmup=0)
+
+
+def test_warmup_decay_state_round_trip():
+    def make() -> tuple[torch.optim.Optimizer, WarmupDecay]:
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        return optimizer, WarmupDecay(optimizer, warmup=3, gamma=0.5)
+
+    optimizer, scheduler = make()
+    for _ in range(5):
+        optimizer.step()
+        scheduler.step()
+    resumed_optimizer, resumed = make()
+    resumed_optimizer.load_state_dict(optimizer.state_dict())
+    resumed.load_state_dict(scheduler.state_dict())
+    resumed_optimizer.step()
+    resumed.step()
+    assert resumed_optimizer.param_groups[0]["lr"] == pytest.approx(0.5**4)
+
+
+def sgd_model(**kwargs) -> MLPClassifier:
+    optimizer = functools.partial(torch.optim.SGD, lr=kwargs.pop("lr", 0.1))
+    return MLPClassifier(hidden_sizes=(16,), batch_norm=False, optimizer=optimizer, **kwargs)
+
+
+@pytest.mark.parametrize(("interval", "expected_steps"), [("epoch", 3), ("step", 6)])
+def test_trainer_steps_scheduler_per_interval(mnist_dir, interval, expected_steps):
+    model = sgd_model(
+        scheduler=functools.partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5),
+        scheduler_interval=interval,
+    )
+    trainer = quick_trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=0)
+    trainer.fit(model, datamodule=datamodule(mnist_dir))
+    assert trainer.global_step == 6
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**expected_steps)
+
+
+@pytest.mark.parametrize("argv", [["--model.scheduler", "ReduceLROnPlateau"], ["--model.scheduler=ReduceLROnPlateau"]])
+def test_plateau_short_name_on_command_line(mnist_dir, argv):
+    cli = build_cli(mnist_dir, *argv, "--model.scheduler.factor", "0.25")
+    config = cli.model.configure_optimizers()
+    scheduler = config["lr_scheduler"]["scheduler"]
+    assert type(scheduler) is proj.schedulers.ReduceLROnPlateau
+    assert scheduler.monitor == "val/loss"
+    assert scheduler.factor == 0.25
+    assert config["lr_scheduler"]["monitor"] == "val/loss"
+    assert config["lr_scheduler"]["interval"] == "epoch"
+
+
+def test_plateau_short_name_through_main(mnist_dir, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        proj.cli.main(["fit", "--model.scheduler", "ReduceLROnPlateau", "--print_config"])
+    assert exit_info.value.code in (0, None)
+    scheduler = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["scheduler"]
+    assert scheduler["class_path"] == "proj.schedulers.ReduceLROnPlateau"
+    assert scheduler["init_args"]["monitor"] == "val/loss"
+
+
+def test_expand_short_names():
+    full = "proj.schedulers.ReduceLROnPlateau"
+    assert proj.cli.expand_short_names(["--model.scheduler", "ReduceLROnPlateau", "--x=ReduceLROnPlateau"]) == [
+        "--model.scheduler",
+        full,
+        f"--x={full}",
+    ]
+    unchanged = ["--model.scheduler", "StepLR", "--model.scheduler.monitor=val/loss", "--a=b=c"]
+    assert proj.cli.expand_short_names(unchanged) == unchanged
+
+
+def test_plateau_config_monitor(mnist_dir):
+    cli = build_cli(mnist_dir, "--config", str(MODEL_CONFIGS["mlp"]), "--config", str(SCHEDULER_CONFIGS["plateau"]))
+    config = cli.model.configure_optimizers()
+    assert config["lr_scheduler"]["monitor"] == "val/loss"
+    assert config["lr_scheduler"]["scheduler"].factor == 0.3
+
+
+@pytest.mark.parametrize(("patience", "reductions"), [(0, 2), (5, 0)])
+def test_plateau_lowers_lr_when_val_loss_stalls(mnist_dir, patience, reductions):
+    """At lr 1e-4 val/loss never drops by half (threshold 0.5): every epoch after the first is a bad one."""
+    scheduler = functools.partial(
+        proj.schedulers.ReduceLROnPlateau, factor=0.5, patience=patience, threshold=0.5, mode="min"
+    )
+    model = sgd_model(lr=1e-4, scheduler=scheduler)
+    trainer = quick_trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=1)
+    trainer.fit(model, datamodule=datamodule(mnist_dir))
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-4 * 0.5**reductions)
