@@ -1,6 +1,6 @@
 PYTHON ?= python3
 
-.PHONY: install test test-unit lint typecheck smoke tensorboard clean
+.PHONY: install test test-unit lint typecheck smoke bench tensorboard clean
 
 install:  ## install proj and its dev tools (torch from the pins in pyproject.toml)
 	$(PYTHON) -m pip install -e ".[dev]"
@@ -18,13 +18,16 @@ lint:
 typecheck:
 	$(PYTHON) -m mypy
 
-DATA ?= ../shared/data
+DATA ?= data
 smoke:  ## one short epoch on real MNIST in $(DATA)
 	$(PYTHON) -m proj.fit --data.data_dir $(DATA) --trainer.max_epochs 1 --trainer.limit_train_batches 100 \
 		--trainer.logger.init_args.save_dir /tmp/proj-smoke-logs
+
+bench:  ## epoch seconds: classic loop vs proj (torchvision / resident pipelines) vs compute ceiling
+	$(PYTHON) -m proj.bench --data_dir $(DATA) --output bench.json
 
 tensorboard:
 	$(PYTHON) -m tensorboard.main --logdir logs
 
 clean:
-	rm -rf logs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf logs bench.json .pytest_cache .mypy_cache .ruff_cache

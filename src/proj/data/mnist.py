@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import os
+import pickle
 from pathlib import Path
+from typing import Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -13,26 +16,41 @@ from torchvision.datasets import MNIST
 from torchvision.transforms import v2
 
 from proj.data.idx import read_idx_shape
+from proj.data.resident import ResidentLoader
 from proj.errors import UserError
 
 MEAN, STD = 0.1307, 0.3081  # of the 60,000 training images, pixels scaled to [0, 1]
+# Rotations and shifts keep a digit's identity; flips do not (a mirrored 2 is no 2).
+AUGMENT = {"degrees": 10.0, "translate": 0.1}
 SPLIT_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 
 
+TensorSplit = tuple[Tensor, Tensor]  # uint8 images (N, 28, 28) and int64 labels (N,)
+Split = Dataset[tuple[Tensor, int]] | TensorSplit
+
+
 class MNISTDataModule(LightningDataModule):
     """Train/val split of the 60,000 training images (seeded, disjoint); the official 10,000 for test.
+
+    Two pipelines, same images, labels and normalisation:
+    - "resident" (default): each split is one uint8 tensor on the training device (decoded once into a
+      cache file beside the data); batches are index slices, augmented and normalised whole on the device,
+      in an order drawn from (seed, epoch). Epochs are then bound by the model's compute.
+    - "torchvision": torchvision's MNIST dataset with per-sample transforms v2 in a DataLoader, the classic
+      pipeline to compare with, and the pattern to follow for data that does not fit in memory.
 
     Args:
         data_dir: folder holding `MNIST/raw/*-ubyte` (torchvision's layout); downloaded there if absent.
         batch_size: images per optimizer step (and per evaluation batch).
         val_size: training images held out for validation.
         augment: random small rotations and shifts of training images, drawn anew every epoch.
-        num_workers: loader subprocesses decoding images while the model trains.
-        pin_memory: page-locked batches, for faster copies to a GPU.
-        persistent_workers: keep loader workers alive between epochs.
+        pipeline: "resident" or "torchvision", see above.
+        num_workers: loader subprocesses decoding images while the model trains (torchvision pipeline).
+        pin_memory: page-locked batches, for faster copies to a GPU (torchvision pipeline).
+        persistent_workers: keep loader workers alive between epochs (torchvision pipeline).
         download: fetch missing files with torchvision; off for machines without internet.
         split_seed: seed of the train/val split, independent of the training seed.
     """
@@ -43,6 +61,7 @@ class MNISTDataModule(LightningDataModule):
         batch_size: int = 128,
         val_size: int = 5000,
         augment: bool = False,
+        pipeline: Literal["resident", "torchvision"] = "resident",
         num_workers: int = 2,
         pin_memory: bool = False,
         persistent_workers: bool = False,
@@ -60,20 +79,23 @@ class MNISTDataModule(LightningDataModule):
         self.save_hyperparameters()
         self.data_dir = Path(data_dir)
         self.batch_size = batch_size
-        self.train_set: Dataset[tuple[Tensor, int]] | None = None
-        self.val_set: Dataset[tuple[Tensor, int]] | None = None
-        self.test_set: Dataset[tuple[Tensor, int]] | None = None
+        self.train_set: Split | None = None
+        self.val_set: Split | None = None
+        self.test_set: Split | None = None
 
     @property
     def raw_dir(self) -> Path:
         return self.data_dir / "MNIST" / "raw"
 
+    @property
+    def cache_path(self) -> Path:
+        return self.data_dir / "MNIST" / "resident-uint8.pt"
+
     def transform(self, train: bool) -> v2.Transform:
         """Pixels to normalised float tensors; training images first get random small affine moves."""
         steps: list[v2.Transform] = [v2.ToImage()]
         if train and self.hparams["augment"]:
-            # Rotations and shifts keep a digit's identity; flips do not (a mirrored 2 is no 2).
-            steps.append(v2.RandomAffine(degrees=10, translate=(0.1, 0.1)))
+            steps.append(v2.RandomAffine(degrees=AUGMENT["degrees"], translate=(AUGMENT["translate"],) * 2))
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize([MEAN], [STD])]
         return v2.Compose(steps)
 
@@ -82,15 +104,16 @@ class MNISTDataModule(LightningDataModule):
         if self.data_dir.is_file():
             raise UserError(f"data_dir {str(self.data_dir)!r} is a file; point --data.data_dir at a folder.")
         missing = [name for files in SPLIT_FILES.values() for name in files if not (self.raw_dir / name).is_file()]
-        if not missing:
-            return
-        if not self.hparams["download"]:
+        if missing and not self.hparams["download"]:
             raise self._not_found(missing, "downloading is off (--data.download false)")
-        try:
-            for train in (True, False):
-                MNIST(self.data_dir, train=train, download=True)
-        except (RuntimeError, OSError) as err:
-            raise self._not_found(missing, f"the download failed ({str(err).splitlines()[0]})") from err
+        if missing:
+            try:
+                for train in (True, False):
+                    MNIST(self.data_dir, train=train, download=True)
+            except (RuntimeError, OSError) as err:
+                raise self._not_found(missing, f"the download failed ({str(err).splitlines()[0]})") from err
+        if self.hparams["pipeline"] == "resident":
+            self._decoded()  # build the cache once, here, rather than in every process's setup
 
     def _not_found(self, missing: list[str], reason: str) -> UserError:
         return UserError(
@@ -113,46 +136,109 @@ class MNISTDataModule(LightningDataModule):
             )
         return MNIST(self.data_dir, train=split == "train", transform=self.transform(train_transform))
 
+    def _decoded(self) -> dict[str, TensorSplit]:
+        """Both splits as uint8 tensors, from the cache file when it matches the IDX files, else decoded.
+
+        The cache is the "pre-transform": decoding happens once, not per run. It is rebuilt when a source
+        file changes (size or modification time), written atomically, and skipped where the data folder
+        is read-only.
+        """
+        sources = [self.raw_dir / name for files in SPLIT_FILES.values() for name in files]
+        fingerprint = [[path.name, path.stat().st_size, path.stat().st_mtime_ns] for path in sources if path.exists()]
+        try:
+            cached = torch.load(self.cache_path, weights_only=True)
+            if cached["fingerprint"] == fingerprint:
+                return cached["splits"]
+        except (OSError, RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError):
+            pass  # absent, stale or unreadable: decode again
+        splits = {}
+        for split in SPLIT_FILES:
+            dataset = self._load(split, train_transform=False)
+            splits[split] = (dataset.data, dataset.targets)
+        partial = self.cache_path.with_name(f"{self.cache_path.name}.{os.getpid()}.partial")
+        try:
+            torch.save({"fingerprint": fingerprint, "splits": splits}, partial)
+            os.replace(partial, self.cache_path)  # readers see the old file or the whole new one
+        except (OSError, RuntimeError):  # a read-only folder: torch.save raises RuntimeError
+            partial.unlink(missing_ok=True)
+        return splits
+
+    def _split_order(self, count: int) -> tuple[Tensor, Tensor]:
+        """Indices of the training and the validation images, seeded by `split_seed`."""
+        val_size = self.hparams["val_size"]
+        if val_size >= count:
+            raise UserError(f"val_size {val_size} leaves no training images out of {count}: lower --data.val_size.")
+        order = torch.randperm(count, generator=torch.Generator().manual_seed(self.hparams["split_seed"]))
+        return order[val_size:], order[:val_size]
+
     def setup(self, stage: str) -> None:
+        if self.hparams["pipeline"] == "resident":
+            self._setup_resident(stage)
+        else:
+            self._setup_torchvision(stage)
+
+    def _setup_resident(self, stage: str) -> None:
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        fit = stage in ("fit", "validate") and self.train_set is None
+        test = stage in ("test", "predict") and self.test_set is None
+        splits = self._decoded() if fit or test else {}
+        if fit:
+            images, labels = splits["train"]
+            train, val = self._split_order(len(images))
+            self.train_set = (images[train].to(device), labels[train].to(device))
+            self.val_set = (images[val].to(device), labels[val].to(device))
+        if test:
+            images, labels = splits["test"]
+            self.test_set = (images.to(device), labels.to(device))
+
+    def _setup_torchvision(self, stage: str) -> None:
         if stage in ("fit", "validate") and self.train_set is None:
             train_images = self._load("train", train_transform=True)
             val_images = copy.copy(train_images)  # shares the decoded tensors, without augmentation
             val_images.transform = self.transform(train=False)
-            val_size = self.hparams["val_size"]
-            if val_size >= len(train_images):
-                raise UserError(
-                    f"val_size {val_size} leaves no training images out of {len(train_images)}: lower --data.val_size."
-                )
-            generator = torch.Generator().manual_seed(self.hparams["split_seed"])
-            order = torch.randperm(len(train_images), generator=generator)
-            self.train_set = Subset(train_images, order[val_size:].tolist())
-            self.val_set = Subset(val_images, order[:val_size].tolist())
+            train, val = self._split_order(len(train_images))
+            self.train_set = Subset(train_images, train.tolist())
+            self.val_set = Subset(val_images, val.tolist())
         if stage in ("test", "predict") and self.test_set is None:
             self.test_set = self._load("test", train_transform=False)
 
-    def _loader(self, dataset: Dataset | None, shuffle: bool = False) -> DataLoader:
-        if dataset is None:
+    def _loader(self, split: Split | None, train: bool = False, labels: bool = True) -> DataLoader | ResidentLoader:
+        if split is None:
             raise RuntimeError("call setup() with the matching stage before asking for its loader")
+        if isinstance(split, tuple):
+            images, targets = split
+            return ResidentLoader(
+                images,
+                targets if labels else None,
+                batch_size=self.batch_size,
+                mean=MEAN,
+                std=STD,
+                shuffle=train,
+                augment=AUGMENT if train and self.hparams["augment"] else None,
+                seed=torch.initial_seed(),  # follows seed_everything
+                rank=self.trainer.global_rank if self.trainer is not None else 0,
+                world_size=self.trainer.world_size if self.trainer is not None else 1,
+            )
         return DataLoader(
-            dataset,
+            split if labels else ImagesOnly(split),
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=train,
             num_workers=self.hparams["num_workers"],
             pin_memory=self.hparams["pin_memory"],
             persistent_workers=self.hparams["persistent_workers"],
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+    def train_dataloader(self) -> DataLoader | ResidentLoader:
+        return self._loader(self.train_set, train=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | ResidentLoader:
         return self._loader(self.val_set)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | ResidentLoader:
         return self._loader(self.test_set)
 
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(ImagesOnly(self.test_set) if self.test_set is not None else None)
+    def predict_dataloader(self) -> DataLoader | ResidentLoader:
+        return self._loader(self.test_set, labels=False)
 
 
 class ImagesOnly(Dataset[Tensor]):

@@ -60,8 +60,8 @@ class ImageClassifier(LightningModule):
         getattr(self, f"{stage}_acc").update(preds, labels)
         return {"loss": loss, "preds": preds}
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        return self._step(batch, "train")
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")["loss"]
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         return self._step(batch, "val")

@@ -1,0 +1,280 @@
+"""`python -m proj.bench` (`make bench`): seconds per training epoch of the same model, four ways, side by side.
+
+(a) classic   a plain PyTorch loop over torchvision's MNIST in a DataLoader (PIL -> ToTensor -> Normalize)
+(b) torchvision   proj (Trainer + MNISTDataModule) with `--data.pipeline torchvision`
+(c) resident  proj with the default resident pipeline
+(d) ceiling   forward + backward + optimizer step over normalised tensors in memory: no loader, no Lightning
+
+All four train the model of `configs/<model>.yaml` at the same batch size, from the same initial weights,
+without validation, logging or progress bar. Each is timed over `--epochs` epochs and its fastest epoch
+reported (the first pays one-off warm-up costs). Real MNIST when `--data_dir` holds it, else synthetic data
+of the same size.
+
+`--time_to_accuracy CONFIG...` instead trains each config as `python -m proj.fit` would (callbacks, logging,
+validation and all), and the same model, optimizer and schedule in the classic loop, and reports the training
+seconds until the official test accuracy first reaches 98% and 99% (measured after every epoch, outside the
+clock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from torchvision import transforms
+from torchvision.datasets import MNIST
+
+from proj.cli import ProjCLI
+from proj.data import MNISTDataModule
+from proj.data.mnist import MEAN, SPLIT_FILES, STD
+from proj.data.synthetic import write_synthetic_mnist
+from proj.models import ImageClassifier
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+class EpochTimer(pl.Callback):
+    """Wall-clock seconds of each training epoch, loop and hooks included."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.seconds.append(time.perf_counter() - self.start)
+
+
+def build_model(model: str) -> ImageClassifier:
+    """The model and optimizer of `configs/<model>.yaml`, through the same parser users go through."""
+    cli = ProjCLI(args=["--config", str(CONFIGS / f"{model}.yaml")], run=False)
+    assert isinstance(cli.model, ImageClassifier)
+    return cli.model
+
+
+def time_classic(model: ImageClassifier, data_dir: str, batch_size: int, epochs: int, workers: int) -> list[float]:
+    """The loop of PyTorch's own MNIST example and most tutorials."""
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])
+    loader = DataLoader(
+        MNIST(data_dir, train=True, transform=transform), batch_size=batch_size, shuffle=True, num_workers=workers
+    )
+    optimizer = model.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.Optimizer)  # the bench configs use no scheduler
+    model.train()
+    seconds = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        for images, labels in loader:
+            loss = F.cross_entropy(model(images), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def time_proj(model: ImageClassifier, data_dir: str, pipeline: str, batch_size: int, epochs: int) -> list[float]:
+    timer = EpochTimer()
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
+    data = MNISTDataModule(data_dir, batch_size=batch_size, pipeline=pipeline)  # type: ignore[arg-type]
+    trainer.fit(model, datamodule=data)
+    return timer.seconds
+
+
+def time_ceiling(model: ImageClassifier, data_dir: str, batch_size: int, epochs: int, val_size: int) -> list[float]:
+    data = MNISTDataModule(data_dir, val_size=val_size)
+    data.setup("fit")
+    images, labels = data.train_set  # type: ignore[misc]
+    images = images.unsqueeze(1).float().div(255).sub(MEAN).div(STD)
+    optimizer = model.configure_optimizers()
+    model.train()
+    seconds = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        for batch in torch.randperm(len(labels)).split(batch_size):
+            loss = F.cross_entropy(model(images[batch]), labels[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def test_accuracy(model: torch.nn.Module, data_dir: str) -> float:
+    data = MNISTDataModule(data_dir, batch_size=1000)
+    data.setup("test")
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in data.test_dataloader())
+    model.train(was_training)
+    return correct / 10_000
+
+
+class AccuracyClock(pl.Callback):
+    """Training seconds and test accuracy after every epoch; the test runs with the clock stopped."""
+
+    def __init__(self, data_dir: str) -> None:
+        self.data_dir = data_dir
+        self.curve: list[tuple[float, float]] = []
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.seconds, self.resumed = 0.0, time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.seconds += time.perf_counter() - self.resumed
+        self.curve.append((self.seconds, test_accuracy(pl_module, self.data_dir)))
+        self.resumed = time.perf_counter()
+
+
+def curve_proj(config: str, data_dir: str, logs: str) -> list[tuple[float, float]]:
+    args = ["--config", config, "--data.data_dir", data_dir, "--trainer.logger.init_args.save_dir", logs]
+    cli = ProjCLI(args=args, run=False)
+    clock = AccuracyClock(data_dir)
+    cli.trainer.callbacks.append(clock)  # type: ignore[attr-defined]
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return clock.curve
+
+
+def curve_classic(config: str, data_dir: str, workers: int) -> list[tuple[float, float]]:
+    cli = ProjCLI(args=["--config", config], run=False)
+    model, epochs = cli.model, cli.trainer.max_epochs or 1
+    batch_size = cli.datamodule.hparams["batch_size"]
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])
+    loader = DataLoader(
+        MNIST(data_dir, train=True, transform=transform), batch_size=batch_size, shuffle=True, num_workers=workers
+    )
+    configured = model.configure_optimizers()
+    optimizer = configured["optimizer"] if isinstance(configured, dict) else configured
+    scheduler = configured["lr_scheduler"] if isinstance(configured, dict) else None
+    model.train()
+    seconds, curve = 0.0, []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        for images, labels in loader:
+            loss = F.cross_entropy(model(images), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if scheduler and scheduler["interval"] == "step":
+                scheduler["scheduler"].step()
+        if scheduler and scheduler["interval"] == "epoch":
+            scheduler["scheduler"].step(*([loss.item()] if "monitor" in scheduler else []))
+        seconds += time.perf_counter() - start
+        curve.append((seconds, test_accuracy(model, data_dir)))
+    return curve
+
+
+def seconds_to(curve: list[tuple[float, float]], target: float) -> float | None:
+    return next((seconds for seconds, accuracy in curve if accuracy >= target), None)
+
+
+def time_to_accuracy(configs: list[str], data_dir: str, workers: int) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as logs:
+        for config in configs:
+            name = Path(config).stem
+            for loop, curve in (
+                ("proj", curve_proj(config, data_dir, logs)),
+                ("classic", curve_classic(config, data_dir, workers)),
+            ):
+                results[f"{name}/{loop}"] = {
+                    "curve": curve,
+                    "seconds_to_98": seconds_to(curve, 0.98),
+                    "seconds_to_99": seconds_to(curve, 0.99),
+                    "final_accuracy": curve[-1][1],
+                    "epochs": len(curve),
+                }
+    print(f"\n{'config/loop':<20}{'to 98%':>9}{'to 99%':>9}{'final':>9}{'epochs':>8}{'seconds':>9}")
+    for key, row in results.items():
+        to98, to99 = (f"{row[k]:.1f}" if row[k] is not None else "-" for k in ("seconds_to_98", "seconds_to_99"))
+        print(f"{key:<20}{to98:>9}{to99:>9}{row['final_accuracy']:>9.2%}{row['epochs']:>8}{row['curve'][-1][0]:>9.1f}")
+    return results
+
+
+def has_mnist(data_dir: str) -> bool:
+    return all((Path(data_dir) / "MNIST" / "raw" / name).is_file() for files in SPLIT_FILES.values() for name in files)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", default="data", help="folder holding MNIST/raw (else synthetic data)")
+    parser.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=2, help="epochs timed per variant; the fastest counts")
+    parser.add_argument("--num_workers", type=int, default=2, help="DataLoader workers of (a) and (b)")
+    parser.add_argument("--output", default="bench.json", help="where the figures are written as JSON")
+    parser.add_argument("--time_to_accuracy", nargs="+", metavar="CONFIG", help="configs to race to 98%%/99%%")
+    args = parser.parse_args(argv)
+
+    data_dir, source = args.data_dir, "real MNIST"
+    if not has_mnist(data_dir):
+        data_dir, source = tempfile.mkdtemp(prefix="proj-bench-"), "synthetic MNIST-sized data"
+        write_synthetic_mnist(data_dir, num_train=60_000, num_test=10_000)
+    if args.time_to_accuracy:
+        if not has_mnist(args.data_dir):
+            parser.error(f"--time_to_accuracy needs real MNIST in {args.data_dir}: set --data_dir")
+        race = time_to_accuracy(args.time_to_accuracy, args.data_dir, args.num_workers)
+        Path(args.output).write_text(json.dumps(race, indent=2))
+        print(f"\nfigures written to {args.output}")
+        return race
+    pl.seed_everything(0, verbose=False)
+    val_size = MNISTDataModule().hparams["val_size"]
+    samples = 60_000 - val_size
+    print(
+        f"{source} in {data_dir}: {samples} training images per epoch, batch {args.batch_size}, "
+        f"{torch.get_num_threads()} threads, fastest of {args.epochs} epochs"
+    )
+
+    results: dict[str, Any] = {"data": source, "batch_size": args.batch_size, "samples_per_epoch": samples}
+    for name in args.models:
+        pristine = build_model(name)
+        batch, epochs = args.batch_size, args.epochs
+        epoch_times = {
+            "a_classic": time_classic(copy.deepcopy(pristine), data_dir, batch, epochs, args.num_workers),
+            "b_torchvision": time_proj(copy.deepcopy(pristine), data_dir, "torchvision", batch, epochs),
+            "c_resident": time_proj(copy.deepcopy(pristine), data_dir, "resident", batch, epochs),
+            "d_ceiling": time_ceiling(copy.deepcopy(pristine), data_dir, batch, epochs, val_size),
+        }
+        seconds = {variant: min(times) for variant, times in epoch_times.items()}
+        ratios = {
+            "b/a": seconds["b_torchvision"] / seconds["a_classic"],
+            "c/a": seconds["c_resident"] / seconds["a_classic"],
+            "c/d": seconds["c_resident"] / seconds["d_ceiling"],
+        }
+        results[name] = {
+            "epoch_seconds": seconds,
+            "samples_per_second": {k: samples / v for k, v in seconds.items()},
+            "ratios": ratios,
+        }
+        print(f"\n{name}: {'variant':<15}{'epoch s':>9}{'samples/s':>11}")
+        for variant, value in seconds.items():
+            print(f"{'':<5}{variant:<15}{value:>9.2f}{samples / value:>11.0f}")
+        print("     " + "   ".join(f"{k} = {v:.2f}" for k, v in ratios.items()))
+        print(f"     resident is {1 / ratios['c/a']:.1f}x faster than the classic loop")
+    Path(args.output).write_text(json.dumps(results, indent=2))
+    print(f"\nfigures written to {args.output}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

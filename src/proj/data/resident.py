@@ -1,0 +1,95 @@
+"""Batches sliced from tensors held in memory (on the GPU when training there), transformed a batch at a time.
+
+The classic pipeline turns every image into a PIL image, converts, normalises and collates it alone: on a
+2-core CPU that is most of an MLP's epoch. Here a split is one uint8 tensor on the training device; a
+batch is an index slice, augmented and normalised as a whole, with per-sample random parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def random_affine(images: Tensor, degrees: float, translate: float, generator: torch.Generator) -> Tensor:
+    """Rotate each image by up to ±`degrees` and shift it by up to ±`translate` of its size, independently.
+
+    `images` is (B, C, H, W) float; the uncovered border is filled with 0 (MNIST's black background).
+    """
+    count = images.shape[0]
+    uniform = torch.rand(count, 3, generator=generator, device=images.device) * 2 - 1  # in [-1, 1)
+    angle = uniform[:, 0] * math.radians(degrees)
+    shift = uniform[:, 1:] * translate * 2  # affine_grid spans [-1, 1]: a fraction f of the size is 2f
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.stack(
+        [torch.stack([cos, -sin, shift[:, 0]], dim=1), torch.stack([sin, cos, shift[:, 1]], dim=1)], dim=1
+    )
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+class ResidentLoader:
+    """An iterable of normalised (images, labels) batches, or images alone when `labels` is None.
+
+    The order and the augmentation of an epoch are functions of (seed, epoch) alone, so a resumed run
+    replays exactly the batches an uninterrupted one would see. With `world_size` > 1 each rank iterates a
+    disjoint shard covering the split, padded by wrapping around as DistributedSampler does.
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor | None,
+        batch_size: int,
+        mean: float,
+        std: float,
+        shuffle: bool = False,
+        augment: dict[str, float] | None = None,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.images, self.labels = images, labels
+        self.batch_size, self.mean, self.std = batch_size, mean, std
+        self.shuffle, self.augment, self.seed = shuffle, augment, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        # Lightning reads these two as on a DataLoader, and calls `sampler.set_epoch(epoch)` every epoch.
+        self.sampler, self.batch_sampler = self, None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _generator(self, device: torch.device | str, rank: int) -> torch.Generator:
+        """A reproducible stream per (seed, epoch, rank); rank -1 is the one all ranks share."""
+        seed = ((self.seed * 1_000_003 + self.epoch) * 1_009 + rank + 1) % 2**63  # manual_seed takes < 2**63
+        return torch.Generator(device=device).manual_seed(seed)
+
+    def indices(self) -> Tensor:
+        """This rank's sample indices for the current epoch, in order."""
+        count = len(self.images)
+        if self.shuffle:
+            # Every rank draws the same permutation and takes its own slice of it.
+            order = torch.randperm(count, generator=self._generator("cpu", rank=-1))
+        else:
+            order = torch.arange(count)
+        per_rank = math.ceil(count / self.world_size)
+        padded = order.repeat(math.ceil(per_rank * self.world_size / count))[: per_rank * self.world_size]
+        return padded[self.rank :: self.world_size]
+
+    def __len__(self) -> int:
+        return math.ceil(math.ceil(len(self.images) / self.world_size) / self.batch_size)
+
+    def __iter__(self) -> Iterator[Tensor | tuple[Tensor, Tensor]]:
+        order = self.indices().to(self.images.device)
+        generator = self._generator(self.images.device, rank=self.rank) if self.augment else None
+        for batch in order.split(self.batch_size):
+            images = self.images[batch].unsqueeze(1).float()
+            if self.augment and generator is not None:
+                images = random_affine(images, generator=generator, **self.augment)
+            images = images.mul_(1 / (255 * self.std)).sub_(self.mean / self.std)  # (x/255 - mean) / std
+            yield images if self.labels is None else (images, self.labels[batch])
