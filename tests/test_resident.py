@@ -592,3 +592,33 @@ def test_ddp_ranks_get_disjoint_covering_shards(mnist_dir, tmp_path):
         assert sorted(shards[0]["indices"] + shards[1]["indices"]) == list(range(count))
     first, second = (json.loads((tmp_path / f"0-{number}.json").read_text())["indices"] for number in range(2))
     assert first != second
+
+
+@pytest.mark.slow
+def test_resume_from_checkpoint_continues_exactly(mnist_dir, tmp_path):
+    """Two epochs in one go equal one epoch, a checkpoint, and a resumed second epoch: the resident loader
+    draws epoch 1's order from (seed, epoch), so a new process would see the same batches."""
+    from lightning.pytorch import seed_everything
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from conftest import datamodule, quick_trainer
+    from proj.models import MLPClassifier
+
+    def fit(max_epochs: int, ckpt_path: str | None = None, checkpoint_dir: Path | None = None) -> MLPClassifier:
+        seed_everything(7)
+        model = MLPClassifier(hidden_sizes=(32,), dropout=0.0)
+        callbacks = [ModelCheckpoint(dirpath=checkpoint_dir, save_last=True)] if checkpoint_dir else []
+        trainer = quick_trainer(
+            max_epochs=max_epochs,
+            limit_train_batches=None,
+            enable_checkpointing=bool(checkpoint_dir),
+            callbacks=callbacks,
+        )
+        trainer.fit(model, datamodule=datamodule(mnist_dir), ckpt_path=ckpt_path)
+        return model
+
+    straight = fit(2)
+    fit(1, checkpoint_dir=tmp_path / "ckpt")
+    resumed = fit(2, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    for (name, expected), actual in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(actual, expected, msg=name)

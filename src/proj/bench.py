@@ -6,8 +6,8 @@
 (d) ceiling   forward + backward + optimizer step over normalised tensors in memory: no loader, no Lightning
 
 All four train the model of `configs/<model>.yaml` at the same batch size, from the same initial weights,
-without validation, logging or progress bar. Each is timed over `--epochs` epochs and its fastest epoch
-reported (the first pays one-off warm-up costs). Real MNIST when `--data_dir` holds it, else synthetic data
+without validation, logging or progress bar, in `--epochs` interleaved rounds of one epoch each (from the
+same initial weights); the fastest epoch of each is reported. Real MNIST when `--data_dir` holds it, else synthetic data
 of the same size.
 
 `--time_to_accuracy CONFIG...` instead trains each config as `python -m proj.fit` would (callbacks, logging,
@@ -23,13 +23,16 @@ import copy
 import json
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch import Tensor
+from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 from torchvision.datasets import MNIST
 
@@ -62,23 +65,39 @@ def build_model(model: str) -> ImageClassifier:
     return cli.model
 
 
-def time_classic(model: ImageClassifier, data_dir: str, batch_size: int, epochs: int, workers: int) -> list[float]:
-    """The loop of PyTorch's own MNIST example and most tutorials."""
+def optimization(model: ImageClassifier) -> tuple[torch.optim.Optimizer, dict[str, Any] | None]:
+    """The optimizer and the scheduler config (or None) the model's `configure_optimizers` returns."""
+    configured = model.configure_optimizers()
+    if isinstance(configured, dict):
+        return configured["optimizer"], configured["lr_scheduler"]
+    return configured, None
+
+
+def classic_loader(data_dir: str, batch_size: int, workers: int) -> DataLoader:
+    """The pipeline of PyTorch's own MNIST example and most tutorials, over proj's training split."""
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])
-    loader = DataLoader(
-        MNIST(data_dir, train=True, transform=transform), batch_size=batch_size, shuffle=True, num_workers=workers
-    )
-    optimizer = model.configure_optimizers()
-    assert isinstance(optimizer, torch.optim.Optimizer)  # the bench configs use no scheduler
+    dataset = MNIST(data_dir, train=True, transform=transform)
+    train_indices, _ = MNISTDataModule(data_dir).split_indices(len(dataset))
+    return DataLoader(Subset(dataset, train_indices.tolist()), batch_size, shuffle=True, num_workers=workers)
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, labels: Tensor) -> Tensor:
+    loss = F.cross_entropy(model(images), labels)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def time_classic(model: ImageClassifier, data_dir: str, batch_size: int, epochs: int, workers: int) -> list[float]:
+    loader = classic_loader(data_dir, batch_size, workers)
+    optimizer, _ = optimization(model)  # the schedule does not change the time of a step
     model.train()
     seconds = []
     for _ in range(epochs):
         start = time.perf_counter()
         for images, labels in loader:
-            loss = F.cross_entropy(model(images), labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            train_step(model, optimizer, images, labels)
         seconds.append(time.perf_counter() - start)
     return seconds
 
@@ -100,21 +119,15 @@ def time_proj(model: ImageClassifier, data_dir: str, pipeline: str, batch_size: 
     return timer.seconds
 
 
-def time_ceiling(model: ImageClassifier, data_dir: str, batch_size: int, epochs: int, val_size: int) -> list[float]:
-    data = MNISTDataModule(data_dir, val_size=val_size)
-    data.setup("fit")
-    images, labels = data.train_set  # type: ignore[misc]
+def time_ceiling(model: ImageClassifier, images: Tensor, labels: Tensor, batch_size: int, epochs: int) -> list[float]:
     images = images.unsqueeze(1).float().div(255).sub(MEAN).div(STD)
-    optimizer = model.configure_optimizers()
+    optimizer, _ = optimization(model)
     model.train()
     seconds = []
     for _ in range(epochs):
         start = time.perf_counter()
         for batch in torch.randperm(len(labels)).split(batch_size):
-            loss = F.cross_entropy(model(images[batch]), labels[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            train_step(model, optimizer, images[batch], labels[batch])
         seconds.append(time.perf_counter() - start)
     return seconds
 
@@ -159,22 +172,14 @@ def curve_classic(config: str, data_dir: str, workers: int) -> list[tuple[float,
     cli = ProjCLI(args=["--config", config], run=False)
     model, epochs = cli.model, cli.trainer.max_epochs or 1
     batch_size = cli.datamodule.hparams["batch_size"]
-    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])
-    loader = DataLoader(
-        MNIST(data_dir, train=True, transform=transform), batch_size=batch_size, shuffle=True, num_workers=workers
-    )
-    configured = model.configure_optimizers()
-    optimizer = configured["optimizer"] if isinstance(configured, dict) else configured
-    scheduler = configured["lr_scheduler"] if isinstance(configured, dict) else None
+    loader = classic_loader(data_dir, batch_size, workers)
+    optimizer, scheduler = optimization(model)
     model.train()
     seconds, curve = 0.0, []
     for _ in range(epochs):
         start = time.perf_counter()
         for images, labels in loader:
-            loss = F.cross_entropy(model(images), labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            loss = train_step(model, optimizer, images, labels)
             if scheduler and scheduler["interval"] == "step":
                 scheduler["scheduler"].step()
         if scheduler and scheduler["interval"] == "epoch":
@@ -220,16 +225,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--data_dir", default="data", help="folder holding MNIST/raw (else synthetic data)")
     parser.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
     parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--epochs", type=int, default=2, help="epochs timed per variant; the fastest counts")
+    parser.add_argument("--epochs", type=int, default=3, help="rounds of one epoch per variant; the fastest counts")
     parser.add_argument("--num_workers", type=int, default=2, help="DataLoader workers of (a) and (b)")
     parser.add_argument("--output", default="bench.json", help="where the figures are written as JSON")
     parser.add_argument("--time_to_accuracy", nargs="+", metavar="CONFIG", help="configs to race to 98%%/99%%")
     args = parser.parse_args(argv)
 
-    data_dir, source = args.data_dir, "real MNIST"
-    if not has_mnist(data_dir):
-        data_dir, source = tempfile.mkdtemp(prefix="proj-bench-"), "synthetic MNIST-sized data"
-        write_synthetic_mnist(data_dir, num_train=60_000, num_test=10_000)
     if args.time_to_accuracy:
         if not has_mnist(args.data_dir):
             parser.error(f"--time_to_accuracy needs real MNIST in {args.data_dir}: set --data_dir")
@@ -237,9 +238,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         Path(args.output).write_text(json.dumps(race, indent=2))
         print(f"\nfigures written to {args.output}")
         return race
+    data_dir, source = args.data_dir, "real MNIST"
+    if not has_mnist(data_dir):
+        data_dir, source = tempfile.mkdtemp(prefix="proj-bench-"), "synthetic MNIST-sized data"
+        write_synthetic_mnist(data_dir, num_train=60_000, num_test=10_000)
     pl.seed_everything(0, verbose=False)
-    val_size = MNISTDataModule().hparams["val_size"]
-    samples = 60_000 - val_size
+    data = MNISTDataModule(data_dir)
+    data.setup("fit")
+    train_images, train_labels = data.train_set  # type: ignore[misc]
+    samples = len(train_labels)
     print(
         f"{source} in {data_dir}: {samples} training images per epoch, batch {args.batch_size}, "
         f"{torch.get_num_threads()} threads, fastest of {args.epochs} epochs"
@@ -248,13 +255,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {"data": source, "batch_size": args.batch_size, "samples_per_epoch": samples}
     for name in args.models:
         pristine = build_model(name)
-        batch, epochs = args.batch_size, args.epochs
-        epoch_times = {
-            "a_classic": time_classic(copy.deepcopy(pristine), data_dir, batch, epochs, args.num_workers),
-            "b_torchvision": time_proj(copy.deepcopy(pristine), data_dir, "torchvision", batch, epochs),
-            "c_resident": time_proj(copy.deepcopy(pristine), data_dir, "resident", batch, epochs),
-            "d_ceiling": time_ceiling(copy.deepcopy(pristine), data_dir, batch, epochs, val_size),
+        one_epoch = {"batch_size": args.batch_size, "epochs": 1}
+        variants: dict[str, Callable[[ImageClassifier], list[float]]] = {
+            "a_classic": partial(time_classic, data_dir=data_dir, workers=args.num_workers, **one_epoch),
+            "b_torchvision": partial(time_proj, data_dir=data_dir, pipeline="torchvision", **one_epoch),
+            "c_resident": partial(time_proj, data_dir=data_dir, pipeline="resident", **one_epoch),
+            "d_ceiling": partial(time_ceiling, images=train_images, labels=train_labels, **one_epoch),
         }
+        # Rounds of one epoch per variant, interleaved, so that drift in the machine's speed (other load,
+        # clock changes) reaches every variant alike; each epoch starts from the same initial weights.
+        epoch_times: dict[str, list[float]] = {variant: [] for variant in variants}
+        for _ in range(args.epochs):
+            for variant, run in variants.items():
+                epoch_times[variant] += run(copy.deepcopy(pristine))
         seconds = {variant: min(times) for variant, times in epoch_times.items()}
         ratios = {
             "b/a": seconds["b_torchvision"] / seconds["a_classic"],

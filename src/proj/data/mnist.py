@@ -163,7 +163,7 @@ class MNISTDataModule(LightningDataModule):
             partial.unlink(missing_ok=True)
         return splits
 
-    def _split_order(self, count: int) -> tuple[Tensor, Tensor]:
+    def split_indices(self, count: int) -> tuple[Tensor, Tensor]:
         """Indices of the training and the validation images, seeded by `split_seed`."""
         val_size = self.hparams["val_size"]
         if val_size >= count:
@@ -184,7 +184,7 @@ class MNISTDataModule(LightningDataModule):
         splits = self._decoded() if fit or test else {}
         if fit:
             images, labels = splits["train"]
-            train, val = self._split_order(len(images))
+            train, val = self.split_indices(len(images))
             self.train_set = (images[train].to(device), labels[train].to(device))
             self.val_set = (images[val].to(device), labels[val].to(device))
         if test:
@@ -196,7 +196,7 @@ class MNISTDataModule(LightningDataModule):
             train_images = self._load("train", train_transform=True)
             val_images = copy.copy(train_images)  # shares the decoded tensors, without augmentation
             val_images.transform = self.transform(train=False)
-            train, val = self._split_order(len(train_images))
+            train, val = self.split_indices(len(train_images))
             self.train_set = Subset(train_images, train.tolist())
             self.val_set = Subset(val_images, val.tolist())
         if stage in ("test", "predict") and self.test_set is None:

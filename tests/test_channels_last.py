@@ -1,0 +1,24 @@
+"""channels_last changes the memory layout of the CNN, never its function."""
+
+from __future__ import annotations
+
+import torch
+
+from proj.models import CNNClassifier
+
+
+def test_channels_last_stores_conv_weights_nhwc_and_matches_nchw():
+    torch.manual_seed(0)
+    nhwc = CNNClassifier(channels=(8, 16), channels_last=True).eval()
+    nchw = CNNClassifier(channels=(8, 16), channels_last=False).eval()
+    nchw.load_state_dict(nhwc.state_dict())
+    conv = nhwc.net[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert nchw.net[0].weight.is_contiguous()
+    images = torch.randn(4, 1, 28, 28)
+    torch.testing.assert_close(nhwc(images), nchw(images), rtol=1e-4, atol=1e-5)
+
+
+def test_channels_last_is_a_saved_hyperparameter():
+    assert CNNClassifier().hparams["channels_last"] is True
+    assert CNNClassifier(channels_last=False).hparams["channels_last"] is False
