@@ -12,9 +12,9 @@ def test_channels_last_stores_conv_weights_nhwc_and_matches_nchw():
     nhwc = CNNClassifier(channels=(8, 16), channels_last=True).eval()
     nchw = CNNClassifier(channels=(8, 16), channels_last=False).eval()
     nchw.load_state_dict(nhwc.state_dict())
-    conv = nhwc.net[0].weight
+    conv = nhwc.net[4].weight  # the second convolution: with one input channel both layouts coincide
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
-    assert nchw.net[0].weight.is_contiguous()
+    assert nchw.net[4].weight.is_contiguous()
     images = torch.randn(4, 1, 28, 28)
     torch.testing.assert_close(nhwc(images), nchw(images), rtol=1e-4, atol=1e-5)
 

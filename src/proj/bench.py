@@ -5,7 +5,7 @@
 (c) resident  proj with the default resident pipeline
 (d) ceiling   forward + backward + optimizer step over normalised tensors in memory: no loader, no Lightning
 
-All four train the model of `configs/<model>.yaml` at the same batch size, from the same initial weights,
+All four train the model of `configs/<model>.yaml` at its batch size (or `--batch_size`), from the same initial weights,
 without validation, logging or progress bar, in `--epochs` interleaved rounds of one epoch each (from the
 same initial weights); the fastest epoch of each is reported. Real MNIST when `--data_dir` holds it, else synthetic data
 of the same size.
@@ -43,6 +43,8 @@ from proj.data.synthetic import write_synthetic_mnist
 from proj.models import ImageClassifier
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+VARIANTS = ("a_classic", "b_torchvision", "c_resident", "d_ceiling")
+RATIOS = (("b_torchvision", "a_classic"), ("c_resident", "a_classic"), ("c_resident", "d_ceiling"))
 
 
 class EpochTimer(pl.Callback):
@@ -58,11 +60,11 @@ class EpochTimer(pl.Callback):
         self.seconds.append(time.perf_counter() - self.start)
 
 
-def build_model(model: str) -> ImageClassifier:
-    """The model and optimizer of `configs/<model>.yaml`, through the same parser users go through."""
+def build_model(model: str) -> tuple[ImageClassifier, int]:
+    """The model, optimizer and batch size of `configs/<model>.yaml`, through the parser users go through."""
     cli = ProjCLI(args=["--config", str(CONFIGS / f"{model}.yaml")], run=False)
     assert isinstance(cli.model, ImageClassifier)
-    return cli.model
+    return cli.model, cli.datamodule.hparams["batch_size"]
 
 
 def optimization(model: ImageClassifier) -> tuple[torch.optim.Optimizer, dict[str, Any] | None]:
@@ -89,7 +91,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images:
     return loss
 
 
-def time_classic(model: ImageClassifier, data_dir: str, batch_size: int, epochs: int, workers: int) -> list[float]:
+def time_classic(model: ImageClassifier, data_dir: str, batch_size: int, workers: int, epochs: int = 1) -> list[float]:
     loader = classic_loader(data_dir, batch_size, workers)
     optimizer, _ = optimization(model)  # the schedule does not change the time of a step
     model.train()
@@ -102,7 +104,7 @@ def time_classic(model: ImageClassifier, data_dir: str, batch_size: int, epochs:
     return seconds
 
 
-def time_proj(model: ImageClassifier, data_dir: str, pipeline: str, batch_size: int, epochs: int) -> list[float]:
+def time_proj(model: ImageClassifier, data_dir: str, pipeline: str, batch_size: int, epochs: int = 1) -> list[float]:
     timer = EpochTimer()
     trainer = pl.Trainer(
         max_epochs=epochs,
@@ -119,7 +121,9 @@ def time_proj(model: ImageClassifier, data_dir: str, pipeline: str, batch_size: 
     return timer.seconds
 
 
-def time_ceiling(model: ImageClassifier, images: Tensor, labels: Tensor, batch_size: int, epochs: int) -> list[float]:
+def time_ceiling(
+    model: ImageClassifier, images: Tensor, labels: Tensor, batch_size: int, epochs: int = 1
+) -> list[float]:
     images = images.unsqueeze(1).float().div(255).sub(MEAN).div(STD)
     optimizer, _ = optimization(model)
     model.train()
@@ -224,9 +228,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", default="data", help="folder holding MNIST/raw (else synthetic data)")
     parser.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
-    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--batch_size", type=int, help="for every model (default: each config's own)")
     parser.add_argument("--epochs", type=int, default=3, help="rounds of one epoch per variant; the fastest counts")
     parser.add_argument("--num_workers", type=int, default=2, help="DataLoader workers of (a) and (b)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, help="what to time")
     parser.add_argument("--output", default="bench.json", help="where the figures are written as JSON")
     parser.add_argument("--time_to_accuracy", nargs="+", metavar="CONFIG", help="configs to race to 98%%/99%%")
     args = parser.parse_args(argv)
@@ -248,42 +253,44 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train_images, train_labels = data.train_set  # type: ignore[misc]
     samples = len(train_labels)
     print(
-        f"{source} in {data_dir}: {samples} training images per epoch, batch {args.batch_size}, "
+        f"{source} in {data_dir}: {samples} training images per epoch, "
         f"{torch.get_num_threads()} threads, fastest of {args.epochs} epochs"
     )
 
-    results: dict[str, Any] = {"data": source, "batch_size": args.batch_size, "samples_per_epoch": samples}
+    results: dict[str, Any] = {"data": source, "samples_per_epoch": samples}
     for name in args.models:
-        pristine = build_model(name)
-        one_epoch = {"batch_size": args.batch_size, "epochs": 1}
+        pristine, config_batch_size = build_model(name)
+        batch_size = args.batch_size or config_batch_size
         variants: dict[str, Callable[[ImageClassifier], list[float]]] = {
-            "a_classic": partial(time_classic, data_dir=data_dir, workers=args.num_workers, **one_epoch),
-            "b_torchvision": partial(time_proj, data_dir=data_dir, pipeline="torchvision", **one_epoch),
-            "c_resident": partial(time_proj, data_dir=data_dir, pipeline="resident", **one_epoch),
-            "d_ceiling": partial(time_ceiling, images=train_images, labels=train_labels, **one_epoch),
+            "a_classic": partial(time_classic, data_dir=data_dir, workers=args.num_workers, batch_size=batch_size),
+            "b_torchvision": partial(time_proj, data_dir=data_dir, pipeline="torchvision", batch_size=batch_size),
+            "c_resident": partial(time_proj, data_dir=data_dir, pipeline="resident", batch_size=batch_size),
+            "d_ceiling": partial(time_ceiling, images=train_images, labels=train_labels, batch_size=batch_size),
         }
         # Rounds of one epoch per variant, interleaved, so that drift in the machine's speed (other load,
         # clock changes) reaches every variant alike; each epoch starts from the same initial weights.
-        epoch_times: dict[str, list[float]] = {variant: [] for variant in variants}
+        epoch_times: dict[str, list[float]] = {variant: [] for variant in args.variants}
         for _ in range(args.epochs):
-            for variant, run in variants.items():
-                epoch_times[variant] += run(copy.deepcopy(pristine))
+            for variant in args.variants:
+                epoch_times[variant] += variants[variant](copy.deepcopy(pristine))
         seconds = {variant: min(times) for variant, times in epoch_times.items()}
         ratios = {
-            "b/a": seconds["b_torchvision"] / seconds["a_classic"],
-            "c/a": seconds["c_resident"] / seconds["a_classic"],
-            "c/d": seconds["c_resident"] / seconds["d_ceiling"],
+            f"{top[0]}/{bottom[0]}": seconds[top] / seconds[bottom]
+            for top, bottom in RATIOS
+            if top in seconds and bottom in seconds
         }
         results[name] = {
+            "batch_size": batch_size,
             "epoch_seconds": seconds,
             "samples_per_second": {k: samples / v for k, v in seconds.items()},
             "ratios": ratios,
         }
-        print(f"\n{name}: {'variant':<15}{'epoch s':>9}{'samples/s':>11}")
+        print(f"\n{name} (batch {batch_size}): {'variant':<15}{'epoch s':>9}{'samples/s':>11}")
         for variant, value in seconds.items():
             print(f"{'':<5}{variant:<15}{value:>9.2f}{samples / value:>11.0f}")
         print("     " + "   ".join(f"{k} = {v:.2f}" for k, v in ratios.items()))
-        print(f"     resident is {1 / ratios['c/a']:.1f}x faster than the classic loop")
+        if "c/a" in ratios:
+            print(f"     resident is {1 / ratios['c/a']:.1f}x faster than the classic loop")
     Path(args.output).write_text(json.dumps(results, indent=2))
     print(f"\nfigures written to {args.output}")
     return results

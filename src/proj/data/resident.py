@@ -88,8 +88,8 @@ class ResidentLoader:
         order = self.indices().to(self.images.device)
         generator = self._generator(self.images.device, rank=self.rank) if self.augment else None
         for batch in order.split(self.batch_size):
-            images = self.images[batch].unsqueeze(1).float()
+            images = self.images.index_select(0, batch).unsqueeze(1).float()  # half the time of images[batch]
             if self.augment and generator is not None:
                 images = random_affine(images, generator=generator, **self.augment)
             images = images.mul_(1 / (255 * self.std)).sub_(self.mean / self.std)  # (x/255 - mean) / std
-            yield images if self.labels is None else (images, self.labels[batch])
+            yield images if self.labels is None else (images, self.labels.index_select(0, batch))
