@@ -9,7 +9,6 @@ import yaml
 from lightning.pytorch.callbacks import (
     EarlyStopping,
     LearningRateMonitor,
-    ModelCheckpoint,
     RichModelSummary,
     RichProgressBar,
 )
@@ -18,6 +17,9 @@ import proj.cli
 import proj.fit
 from conftest import CONFIGS, MODEL_CONFIGS, SCHEDULER_CONFIGS, build_cli, run_python
 from proj.callbacks import ConfusionMatrix, HParamsMetrics, PredictionGrid
+from proj.callbacks.checkpoint import ResumableCheckpoint
+from proj.callbacks.preemption import Preemption
+from proj.callbacks.rng_state import RNGState
 from proj.models import CNNClassifier, MLPClassifier
 
 
@@ -134,8 +136,10 @@ def test_early_stopping_config_keeps_default_callbacks(mnist_dir):
         PredictionGrid,
         ConfusionMatrix,
         HParamsMetrics,
-        ModelCheckpoint,
+        ResumableCheckpoint,
         LearningRateMonitor,
+        RNGState,
+        Preemption,
     ):
         assert cls in callbacks, cls.__name__
     stopping = callbacks[EarlyStopping]

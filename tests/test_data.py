@@ -279,12 +279,12 @@ def test_truncated_images_file(small_mnist, keep_bytes, problem):
     path = raw_path(small_mnist, "train-images-idx3-ubyte")
     path.write_bytes(path.read_bytes()[:keep_bytes])
     dm = datamodule(small_mnist, val_size=5, pipeline="torchvision")
-    dm.prepare_data()  # the files exist: nothing to download
-    with pytest.raises(UserError) as err:
-        dm.setup("fit")
-    assert str(path) in str(err.value)
-    assert problem in str(err.value)
-    assert "replace it with the original file" in str(err.value)
+    for step in (dm.prepare_data, lambda: dm.setup("fit")):  # caught before a run starts, and by setup alone
+        with pytest.raises(UserError) as err:
+            step()
+        assert str(path) in str(err.value)
+        assert problem in str(err.value)
+        assert "replace it with the original file" in str(err.value)
 
 
 @pytest.mark.parametrize(("keep_bytes", "problem"), [(-100, "corrupt"), (10, "truncated")])

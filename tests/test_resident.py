@@ -374,7 +374,7 @@ def test_first_setup_writes_the_cache(data_dir):
 
 
 def test_prepare_data_writes_the_cache(data_dir):
-    datamodule(data_dir, pipeline="resident").prepare_data()
+    datamodule(data_dir, pipeline="resident", val_size=10).prepare_data()
     assert cache_of(data_dir).is_file()
     assert leftovers(data_dir) == []
 
@@ -390,7 +390,7 @@ def test_second_setup_reuses_the_cache(data_dir, request):
                 assert torch.equal(ours, theirs)
         else:
             assert dm.test_set[0].shape == (20, 28, 28)
-    datamodule(data_dir, pipeline="resident").prepare_data()
+    datamodule(data_dir, pipeline="resident", val_size=10).prepare_data()
     assert cache_of(data_dir).stat().st_mtime_ns == written  # not rewritten
     assert leftovers(data_dir) == []
 
@@ -486,7 +486,7 @@ def read_only(data_dir: Path):
 def test_read_only_data_dir_works_without_cache(data_dir, read_only):
     dm = fresh_setup(data_dir)
     assert_matches_files(dm, data_dir)
-    datamodule(data_dir, pipeline="resident").prepare_data()
+    datamodule(data_dir, pipeline="resident", val_size=10).prepare_data()
     assert not cache_of(data_dir).exists()
     assert leftovers(data_dir) == []
 

@@ -1,17 +1,61 @@
-"""Reading checkpoints outside the Trainer (predict, export, checks before a run), with errors that say what to do."""
+"""Checkpoints: written whole or not at all, found again by "last", read back with errors that say what to do."""
 
 from __future__ import annotations
 
 import importlib
+import io
+import os
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from proj.errors import UserError
 from proj.models import ImageClassifier
 
 HINT = "pass a .ckpt written by proj.fit, e.g. logs/mnist/version_0/checkpoints/last.ckpt"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint beside its destination, syncs it to disk, then renames it into place.
+
+    Lightning's own writer renames a temporary file from the system's temp folder: across file systems
+    that is a copy, and a kill during the copy leaves a truncated `last.ckpt`. A rename within one folder
+    is atomic, so a crash at any moment leaves the previous checkpoint or the new one, never half of one.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        partial = path.with_name(f".{path.name}.partial")
+        with open(partial, "wb") as file:
+            file.write(buffer.getbuffer())
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+
+
+def version_dirs(root: str | Path) -> list[Path]:
+    """The `version_N` folders of a logger's root (e.g. logs/mnist), oldest first."""
+    found = [path for path in Path(root).glob("version_*") if re.fullmatch(r"version_\d+", path.name)]
+    return sorted(found, key=lambda path: int(path.name.removeprefix("version_")))
+
+
+def find_last(root: str | Path) -> Path:
+    """`last.ckpt` of the newest run under `root` that has one: what `--ckpt_path last` resumes from."""
+    for run in reversed(version_dirs(root)):
+        if (last := run / "checkpoints" / "last.ckpt").is_file():
+            return last
+    raise UserError(
+        f"--ckpt_path last: no run under {str(root)!r} has a checkpoints/last.ckpt to resume from. "
+        "Pass the run's logger settings (--config <run>/config.yaml) or an explicit --ckpt_path FILE."
+    )
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -23,7 +67,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError... for a damaged file
         reason = (str(err).strip() or type(err).__name__).splitlines()[0].split(". ")[0]
-        raise UserError(f"checkpoint {str(path)!r} cannot be read (truncated or not a checkpoint: {reason}); {HINT}")
+        message = f"checkpoint {str(path)!r} cannot be read (truncated or not a checkpoint: {reason}); {HINT}"
+        raise UserError(message) from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise UserError(f"{str(path)!r} is not a Lightning checkpoint (it has no state_dict); {HINT}")
     return checkpoint
@@ -41,10 +86,35 @@ def classifier_class(checkpoint: dict[str, Any], path: str | Path) -> type[Image
     try:
         cls = getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError):
-        raise UserError(f"checkpoint {str(path)!r} was written by {class_path}, which cannot be imported here")
+        raise UserError(f"checkpoint {str(path)!r} was written by {class_path}, which is not importable") from None
     if not (isinstance(cls, type) and issubclass(cls, ImageClassifier)):
         raise UserError(f"checkpoint {str(path)!r} holds a {class_path}, not an ImageClassifier")
     return cls
+
+
+def check_checkpoint(path: str | Path, model: ImageClassifier) -> None:
+    """Fail before a run starts if the checkpoint is unreadable or holds another model than `model`."""
+    checkpoint = read_checkpoint(path)
+    written_by = checkpoint.get("hyper_parameters", {}).get("_class_path")
+    if isinstance(written_by, str) and written_by.rpartition(".")[2] != type(model).__name__:
+        raise UserError(
+            f"checkpoint {str(path)!r} was written by {written_by}, but this run builds {type(model).__name__}: "
+            f"pass that run's --config <run>/config.yaml (or --model {written_by.rpartition('.')[2]} and its settings)."
+        )
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    found = {key: tuple(value.shape) for key, value in checkpoint["state_dict"].items() if hasattr(value, "shape")}
+    if mismatched := sorted(key for key in expected.keys() & found.keys() if expected[key] != found[key]):
+        key = mismatched[0]
+        raise UserError(
+            f"checkpoint {str(path)!r} does not fit this {type(model).__name__}: {key} is {found[key]} there and "
+            f"{expected[key]} here. Use the settings it was trained with: --config <its run>/config.yaml."
+        )
+    if different := sorted(expected.keys() ^ found.keys()):
+        where = "lacks" if different[0] in expected else "has an extra"
+        raise UserError(
+            f"checkpoint {str(path)!r} {where} {different[0]} for this {type(model).__name__} ({len(different)} "
+            "tensors differ): it was trained with other settings; use --config <its run>/config.yaml."
+        )
 
 
 def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") -> ImageClassifier:
@@ -53,5 +123,5 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         model = cls.load_from_checkpoint(path, map_location=map_location)
     except (RuntimeError, KeyError, TypeError) as err:
-        raise UserError(f"checkpoint {str(path)!r} does not fit {cls.__name__}: {str(err).splitlines()[0]}")
+        raise UserError(f"checkpoint {str(path)!r} does not fit {cls.__name__}: {str(err).splitlines()[0]}") from err
     return model.eval()

@@ -1,20 +1,33 @@
 """The command line: LightningCLI with this project's defaults, and clean errors instead of tracebacks.
 
 Every constructor argument of the model, the data module and the Trainer is a flag and a YAML key; this
-file only sets defaults (model, logger, callbacks) and adds `--test_after_fit`.
+file sets defaults (model, logger, callbacks), adds `--test_after_fit`, makes runs resumable
+(`--ckpt_path last`, atomic checkpoints, RNG state, SIGTERM) and checks inputs before anything is written.
 """
 
 from __future__ import annotations
 
+import re
 import sys
+from pathlib import Path
+from typing import Any
 
-from jsonargparse import Namespace
+from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch.cuda import is_available as cuda_ok
 
+from proj.callbacks.checkpoint import ResumableCheckpoint
+from proj.callbacks.preemption import Preemption
+from proj.callbacks.rng_state import RNGState
+from proj.callbacks.run_record import RunRecord
+from proj.checkpoints import AtomicCheckpointIO, check_checkpoint, find_last
 from proj.data import MNISTDataModule
-from proj.errors import UserError
+from proj.errors import UserError, summarize_parse_error
 from proj.models import ImageClassifier
 
 DEFAULTS = {
@@ -66,12 +79,17 @@ class ProjCLI(LightningCLI):
             subclass_mode_model=True,
             seed_everything_default=42,
             auto_configure_optimizers=False,  # the model's own --model.optimizer/--model.scheduler do it
+            save_config_callback=RunRecord,
+            # Parse errors reach main() as exceptions, to be shortened, instead of printing the whole usage.
+            parser_kwargs={"exit_on_error": False, **{name: {"exit_on_error": False} for name in self.subcommands()}},
+            # Always on, whatever --trainer.callbacks says: a resumed run must draw the same random numbers.
+            trainer_defaults={"callbacks": [RNGState(), Preemption()]},
             args=args,
             **kwargs,  # type: ignore[arg-type]
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_argument(
             "--test_after_fit",
@@ -87,6 +105,63 @@ class ProjCLI(LightningCLI):
         else:
             self.config = parser.parse_args(expand_short_names(sys.argv[1:] if args is None else list(args)))
 
+    def before_instantiate_classes(self) -> None:
+        """`--ckpt_path last` names the newest `last.ckpt`; a resumed fit continues in its run's folder."""
+        config = self.config if self.subcommand is None else self.config[self.subcommand]
+        if config.get("ckpt_path") == "last":
+            config.ckpt_path = str(self._find_last(config))
+        if (ckpt_path := self._checkpoint_file(config)) is not None:
+            run = ckpt_path.resolve().parent.parent
+            if self.subcommand == "fit" and self._logger_root(config) == run.parent and run.name.startswith("version_"):
+                config.trainer.logger.init_args.version = int(run.name.removeprefix("version_"))
+                self.save_config_kwargs["overwrite"] = True  # the same run, continued
+
+    @staticmethod
+    def _checkpoint_file(config: Namespace) -> Path | None:
+        """--ckpt_path as a file, or None when absent or one of Lightning's keywords ("best", "hpc"...)."""
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path in (None, "best", "last", "hpc", "registry") or str(ckpt_path).startswith("registry:"):
+            return None
+        return Path(ckpt_path)
+
+    @staticmethod
+    def _logger_root(config: Namespace) -> Path | None:
+        """logs/mnist for the default TensorBoardLogger (any logger with save_dir and name)."""
+        logger = config.trainer.get("logger")
+        init_args = logger.get("init_args") if isinstance(logger, Namespace) else None
+        if init_args is None or init_args.get("save_dir") is None:
+            return None
+        return (Path(init_args.save_dir) / (init_args.get("name") or "")).resolve()
+
+    def _find_last(self, config: Namespace) -> Path:
+        # A run's own config.yaml (`--config <run>/config.yaml`) points at that run; else the newest run.
+        for config_file in reversed(config.get("config") or []):
+            if (last := Path(str(config_file)).parent / "checkpoints" / "last.ckpt").is_file():
+                return last
+        if config.checkpoint.get("dirpath") and (last := Path(config.checkpoint.dirpath) / "last.ckpt").is_file():
+            return last
+        root = self._logger_root(config)
+        if root is None:
+            raise UserError("--ckpt_path last needs the logger's save_dir (or --checkpoint.dirpath) to look in.")
+        return find_last(root)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default; keep one a user chose
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
+
+    def _check_before_run(self) -> None:
+        """Inputs that would fail only once the run has started (and written its folder) fail now."""
+        if isinstance(self.datamodule, MNISTDataModule):
+            self.datamodule.check()
+        if (ckpt_path := self._checkpoint_file(self.config[self.subcommand])) is not None:
+            check_checkpoint(ckpt_path, self.model)
+        if self.subcommand == "fit":
+            self.model.configure_optimizers()
+
+    before_fit = before_validate = before_test = before_predict = _check_before_run
+
     def after_fit(self) -> None:
         if not self.config[self.subcommand].test_after_fit:
             return
@@ -99,9 +174,21 @@ class ProjCLI(LightningCLI):
 
 
 def main(args: ArgsType = None) -> None:
-    """Run the CLI; a problem the user can fix exits with its message and status 2, not a traceback."""
+    """Run the CLI; a problem the user can fix exits with its message and status 2, not a traceback.
+
+    A fit stopped by SIGTERM exits with 143 (128 + SIGTERM, what schedulers and shells expect of a
+    terminated job) after the Preemption callback has saved last.ckpt and said how to resume.
+    """
     try:
         ProjCLI(args=args)
     except (UserError, MisconfigurationException) as err:
-        print(f"error: {err}", file=sys.stderr)
+        message = str(err)
+        if isinstance(err, MisconfigurationException) and re.search("gpu|cuda", message, re.I) and not cuda_ok():
+            message += " This machine has no GPU torch can use: run with --trainer.accelerator cpu (or auto)."
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+    except ArgumentError as err:
+        print(f"error: {summarize_parse_error(str(err))}", file=sys.stderr)
+        sys.exit(2)
+    except SIGTERMException:
+        sys.exit(143)

@@ -1,5 +1,38 @@
-"""The one exception type that means "your input is wrong, here is the fix"."""
+"""What the user sees when their input is wrong: one exception type, and short parser errors."""
+
+import re
 
 
 class UserError(Exception):
     """A problem the user can fix (a path, a file, a value); the CLI prints it without a traceback."""
+
+
+# jsonargparse explains a bad flag or config key as a tree of union alternatives, tens of lines long.
+# These patterns find the line that matters; the key is the chain of `Parser key "..."` above it.
+CLASS_HINTS = {
+    "model": "MLPClassifier or CNNClassifier (or a full import path)",
+    "optimizer": "a torch.optim class such as SGD, Adam or AdamW",
+    "scheduler": "a torch.optim.lr_scheduler class such as StepLR or CosineAnnealingLR, or proj.schedulers.WarmupDecay",
+}
+HELP = "`python -m proj fit --help` lists every key"
+
+
+def summarize_parse_error(message: str) -> str:
+    """One line naming the bad key or value and the fix, from jsonargparse's error message."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    key = ".".join(re.findall(r'Parser key "([^"]+)"', message))
+    for line in lines:
+        if match := re.search(r"Expected a dot import path string: (\S+)", line):
+            hint = CLASS_HINTS.get(key.rpartition(".")[2], "a class name or full import path")
+            return f"--{key} {match.group(1)}: no such class; use {hint}."
+        if match := re.search(r"Option '([^']+)' is not accepted", line):
+            return f"unknown key {key}.{match.group(1)}: check its spelling; {HELP}."
+        if match := re.search(r"does not accept option '([^']+)'", line):
+            return f"unknown key {match.group(1)}: check its spelling; {HELP}."
+        if match := re.search(r"Expected a <class '(\w+)'>\. Got value: ([^.]+)", line):
+            return f"--{key} expects {match.group(1)}, got {match.group(2)!r}."
+        if match := re.search(r"File does not exist: '([^']+)'", line):
+            return f"--{key} {match.group(1)}: no such file; check the path."
+        if match := re.search(r"unrecognized arguments: (.+)", line):
+            return f"unrecognized arguments {match.group(1)!r}: check their spelling; {HELP}."
+    return f"{lines[0] if lines else message} ({HELP})"

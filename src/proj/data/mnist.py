@@ -99,19 +99,32 @@ class MNISTDataModule(LightningDataModule):
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize([MEAN], [STD])]
         return v2.Compose(steps)
 
-    def prepare_data(self) -> None:
-        """Download once per machine, before `setup` runs in every process."""
+    def check(self) -> list[str]:
+        """Fail on a bad data_dir, bad files or a too large val_size; return the files still to download.
+
+        Cheap (headers only), so the CLI runs it before a run writes anything.
+        """
         if self.data_dir.is_file():
             raise UserError(f"data_dir {str(self.data_dir)!r} is a file; point --data.data_dir at a folder.")
         missing = [name for files in SPLIT_FILES.values() for name in files if not (self.raw_dir / name).is_file()]
         if missing and not self.hparams["download"]:
             raise self._not_found(missing, "downloading is off (--data.download false)")
-        if missing:
+        if not missing:
+            train_count = self._check_files("train")
+            self._check_files("test")
+            if self.hparams["val_size"] >= train_count:
+                raise self._val_size_error(train_count)
+        return missing
+
+    def prepare_data(self) -> None:
+        """Download once per machine, before `setup` runs in every process."""
+        if missing := self.check():
             try:
                 for train in (True, False):
                     MNIST(self.data_dir, train=train, download=True)
             except (RuntimeError, OSError) as err:
                 raise self._not_found(missing, f"the download failed ({str(err).splitlines()[0]})") from err
+            self.check()
         if self.hparams["pipeline"] == "resident":
             self._decoded()  # build the cache once, here, rather than in every process's setup
 
@@ -122,8 +135,8 @@ class MNISTDataModule(LightningDataModule):
             "or run once with internet access to download them there."
         )
 
-    def _load(self, split: str, train_transform: bool) -> MNIST:
-        """torchvision's reader, after a header check that names the bad file if there is one."""
+    def _check_files(self, split: str) -> int:
+        """Header checks that name the bad file if there is one; the split's image count."""
         images, labels = (self.raw_dir / name for name in SPLIT_FILES[split])
         missing = [path.name for path in (images, labels) if not path.is_file()]
         if missing:
@@ -134,6 +147,16 @@ class MNISTDataModule(LightningDataModule):
                 f"{images} holds {count} images but {labels} holds {labels_count} labels; "
                 "the files come from different sets. Replace both with matching originals."
             )
+        return count
+
+    def _val_size_error(self, count: int) -> UserError:
+        return UserError(
+            f"val_size {self.hparams['val_size']} leaves no training images out of {count}: lower --data.val_size."
+        )
+
+    def _load(self, split: str, train_transform: bool) -> MNIST:
+        """torchvision's reader, after the header checks."""
+        self._check_files(split)
         return MNIST(self.data_dir, train=split == "train", transform=self.transform(train_transform))
 
     def _decoded(self) -> dict[str, TensorSplit]:
@@ -167,7 +190,7 @@ class MNISTDataModule(LightningDataModule):
         """Indices of the training and the validation images, seeded by `split_seed`."""
         val_size = self.hparams["val_size"]
         if val_size >= count:
-            raise UserError(f"val_size {val_size} leaves no training images out of {count}: lower --data.val_size.")
+            raise self._val_size_error(count)
         order = torch.randperm(count, generator=torch.Generator().manual_seed(self.hparams["split_seed"]))
         return order[val_size:], order[:val_size]
 

@@ -12,9 +12,14 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from proj.errors import UserError
 from proj.schedulers import SchedulerCallable
 
 STAGES = ("train", "val", "test")
+
+
+class NonFiniteLossError(UserError):
+    """The loss became NaN or infinite: training stops before the bad step updates any weights."""
 
 
 class ImageClassifier(LightningModule):
@@ -51,6 +56,12 @@ class ImageClassifier(LightningModule):
             MulticlassAccuracy(num_classes, average="micro", validate_args=False) for _ in STAGES
         )
         self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)  # in checkpoints, so that a resumed run keeps the best so far
+
+    @property
+    def logged_metrics(self) -> tuple[str, ...]:
+        """Keys this module logs during fit: what ReduceLROnPlateau (or a checkpoint) may monitor."""
+        return ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best")
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)
@@ -65,7 +76,19 @@ class ImageClassifier(LightningModule):
         return {"loss": loss, "preds": preds}
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")["loss"]
+        loss = self._step(batch, "train")["loss"]
+        if not torch.isfinite(loss):
+            raise self._non_finite(loss, batch_idx)
+        return loss
+
+    def _non_finite(self, loss: Tensor, batch_idx: int) -> NonFiniteLossError:
+        # Raised before backward: the weights and the checkpoints on disk stay as they were.
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else float("nan")
+        return NonFiniteLossError(
+            f"the training loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}, batch "
+            f"{batch_idx}); the fit stopped there and saved nothing more. Lower the learning rate (now {lr:g}: "
+            "--model.optimizer.init_args.lr) or clip gradients (--trainer.gradient_clip_val 1.0)."
+        )
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         return self._step(batch, "val")
@@ -99,13 +122,24 @@ class ImageClassifier(LightningModule):
         self._log_epoch("test")
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_callable(self.parameters())
+        try:  # torch checks lr, betas, weight_decay... and says "Invalid learning rate: -0.1"
+            optimizer = self.optimizer_callable(self.parameters())
+        except ValueError as err:
+            raise UserError(f"optimizer: {err}; set it with --model.optimizer.init_args.NAME (e.g. lr > 0).") from err
         if self.scheduler_callable is None:
             return optimizer
-        scheduler = self.scheduler_callable(optimizer)
+        try:
+            scheduler = self.scheduler_callable(optimizer)
+        except ValueError as err:
+            raise UserError(f"scheduler: {err}; set it with --model.scheduler.init_args.NAME.") from err
         config: dict[str, Any] = {"scheduler": scheduler, "interval": self.hparams["scheduler_interval"]}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = getattr(scheduler, "monitor", "val/loss")
+            if config["monitor"] not in self.logged_metrics:
+                raise UserError(
+                    f"ReduceLROnPlateau monitors {config['monitor']!r}, which is never logged; set "
+                    f"--model.scheduler.init_args.monitor to one of {', '.join(self.logged_metrics)}."
+                )
         return {"optimizer": optimizer, "lr_scheduler": config}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

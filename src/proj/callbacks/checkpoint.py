@@ -1,0 +1,29 @@
+"""ModelCheckpoint whose last.ckpt is always the latest state: what `--ckpt_path last` resumes from."""
+
+from __future__ import annotations
+
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+
+class ResumableCheckpoint(ModelCheckpoint):
+    """Keeps the best checkpoints by the monitored metric, and rewrites `last.ckpt` after every epoch.
+
+    Lightning's `save_last=True` writes last.ckpt only when a top-k checkpoint was written in the same
+    step: once the monitored metric stops improving, last.ckpt falls behind, and a resumed run silently
+    repeats every epoch since the best one.
+    """
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_behind(trainer)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_behind(trainer)
+
+    def _save_last_if_behind(self, trainer: Trainer) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
