@@ -1,6 +1,6 @@
 PYTHON ?= python3
 
-.PHONY: install test test-unit lint typecheck smoke bench tensorboard clean
+.PHONY: install test test-unit lint typecheck smoke bench notebooks tensorboard clean
 
 install:  ## install proj and its dev tools (torch from the pins in pyproject.toml)
 	$(PYTHON) -m pip install -e ".[dev]"
@@ -25,6 +25,9 @@ smoke:  ## one short epoch on real MNIST in $(DATA)
 
 bench:  ## epoch seconds: classic loop vs proj (torchvision / resident pipelines) vs compute ceiling
 	$(PYTHON) -m proj.bench --data_dir $(DATA) --output bench.json
+
+notebooks:  ## execute notebooks/*.ipynb (outputs are not saved) on MNIST in $(DATA)
+	PROJ_DATA_DIR=$(abspath $(DATA)) $(PYTHON) -m pytest --nbmake notebooks/
 
 tensorboard:
 	$(PYTHON) -m tensorboard.main --logdir logs

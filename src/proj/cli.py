@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
 from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
@@ -25,7 +26,7 @@ from proj.callbacks.checkpoint import ResumableCheckpoint
 from proj.callbacks.preemption import Preemption
 from proj.callbacks.rng_state import RNGState
 from proj.callbacks.run_record import RunRecord
-from proj.checkpoints import AtomicCheckpointIO, check_checkpoint, find_last
+from proj.checkpoints import AtomicCheckpointIO, check_checkpoint, find_last, read_checkpoint
 from proj.data import MNISTDataModule
 from proj.errors import UserError, summarize_parse_error
 from proj.models import ImageClassifier
@@ -101,18 +102,51 @@ class ProjCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         if isinstance(args, (dict, Namespace)):
+            self.argv: list[str] = []
             self.config = parser.parse_object(args)
         else:
-            self.config = parser.parse_args(expand_short_names(sys.argv[1:] if args is None else list(args)))
+            self.argv = expand_short_names(sys.argv[1:] if args is None else list(args))
+            self.config = parser.parse_args(self.argv)
+
+    def _parse_ckpt_path(self) -> None:
+        """Resolve `--ckpt_path last`, check the file, then let Lightning take the model's arguments from it.
+
+        Lightning replaces the model's class and arguments with the checkpoint's: handy when no model was
+        given, silently wrong when one was (`--config configs/cnn.yaml` with an MLP's checkpoint). Then
+        the run stops and says so.
+        """
+        if self.config.get("subcommand"):
+            config = self.config[self.config.subcommand]
+            if config.get("ckpt_path") == "last":
+                config.ckpt_path = str(self._find_last(config))
+            if (path := self._checkpoint_file(config)) is not None:
+                written_by = read_checkpoint(path).get("hyper_parameters", {}).get("_class_path")
+                asked_for = config.model.class_path
+                if written_by and written_by != asked_for and self._model_given(config):
+                    raise UserError(
+                        f"checkpoint {str(path)!r} was written by {written_by}, but this run builds {asked_for}: "
+                        "pass that run's --config <run>/config.yaml (or leave the model out to take the checkpoint's)."
+                    )
+        super()._parse_ckpt_path()
+
+    def _model_given(self, config: Namespace) -> bool:
+        """Whether the command line or a config file chose the model (rather than the default)."""
+        if any(arg.split("=")[0] == "--model" or arg.startswith("--model.") for arg in self.argv):
+            return True
+        for config_file in config.get("config") or []:
+            content = yaml.safe_load(Path(str(config_file)).read_text())
+            if isinstance(content, dict) and "model" in content:
+                return True
+        return False
 
     def before_instantiate_classes(self) -> None:
-        """`--ckpt_path last` names the newest `last.ckpt`; a resumed fit continues in its run's folder."""
-        config = self.config if self.subcommand is None else self.config[self.subcommand]
-        if config.get("ckpt_path") == "last":
-            config.ckpt_path = str(self._find_last(config))
+        """A fit resumed from a checkpoint of a run under the logger's folder continues in that run's folder."""
+        if self.subcommand != "fit":
+            return
+        config = self.config[self.subcommand]
         if (ckpt_path := self._checkpoint_file(config)) is not None:
             run = ckpt_path.resolve().parent.parent
-            if self.subcommand == "fit" and self._logger_root(config) == run.parent and run.name.startswith("version_"):
+            if self._logger_root(config) == run.parent and run.name.startswith("version_"):
                 config.trainer.logger.init_args.version = int(run.name.removeprefix("version_"))
                 self.save_config_kwargs["overwrite"] = True  # the same run, continued
 
@@ -179,6 +213,12 @@ def main(args: ArgsType = None) -> None:
     A fit stopped by SIGTERM exits with 143 (128 + SIGTERM, what schedulers and shells expect of a
     terminated job) after the Preemption callback has saved last.ckpt and said how to resume.
     """
+    argv = sys.argv[1:] if args is None else args
+    if isinstance(argv, list) and argv[:1] == ["predict"] and any(arg.split("=")[0] == "--input" for arg in argv):
+        from proj.predict import main as predict_images  # image files, rather than the data module's test set
+
+        predict_images(argv[1:])
+        return
     try:
         ProjCLI(args=args)
     except (UserError, MisconfigurationException) as err:

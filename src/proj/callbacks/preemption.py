@@ -24,8 +24,8 @@ class Preemption(Callback):
             return  # stopped before the run folder existed: nothing to save
         path = Path(checkpoint.dirpath) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
         trainer.save_checkpoint(path)
+        config = Path(trainer.log_dir or ".") / "config.yaml"  # on every rank: log_dir broadcasts
         if trainer.is_global_zero:
-            config = Path(trainer.log_dir or ".") / "config.yaml"
             print(
                 f"\nStopped by SIGTERM at epoch {trainer.current_epoch}, step {trainer.global_step}; saved {path}.\n"
                 f"Resume with: python -m proj.fit --config {config} --ckpt_path last",

@@ -7,22 +7,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import Callback
 
 
 class RNGState(Callback):
-    """Saves torch (CPU and CUDA), NumPy and Python RNG states; restores them as the resumed epoch starts.
+    """Saves torch (CPU and CUDA), NumPy and Python RNG states in checkpoints, and restores them on resume.
 
     Lightning checkpoints hold weights, optimizer, schedulers and counters, but not these: without them a
     resumed run draws other dropout masks (and, with torchvision's DataLoader, another shuffle) than the run
-    it continues. They are restored at the start of the first training epoch rather than at load time,
-    because the sanity-check validation in between would consume them (a DataLoader draws a seed per
-    iterator). Everything is stored as tensors and numbers, so the checkpoint still loads with
-    `weights_only=True`.
+    it continues. Restoring at load time is early enough: Lightning skips the sanity check when resuming
+    (and isolates its RNG otherwise), so the next draw is the resumed epoch's shuffle. Everything is stored
+    as tensors and numbers, so the checkpoint still loads with `weights_only=True`.
     """
-
-    def __init__(self) -> None:
-        self.pending: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         _, keys, position, has_gauss, gauss = np.random.get_state(legacy=True)  # ("MT19937", words, ...)
@@ -36,18 +32,12 @@ class RNGState(Callback):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.pending = state_dict
-
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.pending is None:
-            return
-        state, self.pending = self.pending, None
-        torch.set_rng_state(state["torch"])
-        if state["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
-        numpy_state = state["numpy"]
+        torch.set_rng_state(state_dict["torch"])
+        if state_dict["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+        numpy_state = state_dict["numpy"]
         has_gauss, gauss = numpy_state["gauss"]
         keys = numpy_state["keys"].numpy().astype(np.uint32)
         np.random.set_state(("MT19937", keys, numpy_state["pos"], has_gauss, gauss))
-        python_state = state["python"]
+        python_state = state_dict["python"]
         random.setstate((python_state["version"], tuple(python_state["words"].tolist()), python_state["gauss"]))

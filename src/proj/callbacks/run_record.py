@@ -48,8 +48,12 @@ class RunRecord(SaveConfigCallback):
     <run>/checkpoints/<best>.ckpt` then evaluates the same model on the same data.
     """
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.run_dir = trainer.log_dir  # on every rank: it broadcasts, and save_config runs on rank 0 only
+        super().setup(trainer, pl_module, stage)
+
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if trainer.log_dir is None:
+        if self.run_dir is None:
             return
         record = {
             "stage": str(getattr(stage, "value", stage)),
@@ -58,6 +62,7 @@ class RunRecord(SaveConfigCallback):
             "command": [Path(sys.executable).name, *sys.argv],
             "git": git_state(Path(__file__).resolve().parent),
             "versions": package_versions(),
+            "torch_build": str(torch.__version__),  # e.g. 2.14.1+cu130: which CUDA the wheel was built for
             "hardware": {
                 "platform": platform.platform(),
                 "accelerator": type(trainer.accelerator).__name__,
@@ -66,5 +71,5 @@ class RunRecord(SaveConfigCallback):
                 "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             },
         }
-        path = Path(trainer.log_dir) / "run.yaml"
+        path = Path(self.run_dir) / "run.yaml"
         path.write_text(yaml.safe_dump(record, sort_keys=False))

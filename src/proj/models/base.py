@@ -31,6 +31,8 @@ class ImageClassifier(LightningModule):
             --model.optimizer.lr 0.1`.
         scheduler: builds a learning-rate scheduler from the optimizer; none keeps the rate constant.
         scheduler_interval: step the scheduler after every "epoch" or every optimizer "step".
+        label_smoothing: share of each training target spread over all classes (0 = one-hot), which
+            keeps the model from growing over-confident; evaluation losses stay plain cross-entropy.
     """
 
     net: nn.Module
@@ -41,8 +43,11 @@ class ImageClassifier(LightningModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: SchedulerCallable | None = None,
         scheduler_interval: Literal["epoch", "step"] = "epoch",
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0 <= label_smoothing < 1:
+            raise UserError(f"label_smoothing must be in [0, 1), got {label_smoothing}: set --model.label_smoothing.")
         self.save_hyperparameters()
         self.optimizer_callable = optimizer
         self.scheduler_callable = scheduler
@@ -69,7 +74,8 @@ class ImageClassifier(LightningModule):
     def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> dict[str, Tensor]:
         images, labels = batch
         logits = self(images)
-        loss = F.cross_entropy(logits, labels)
+        smoothing = self.hparams["label_smoothing"] if stage == "train" else 0.0
+        loss = F.cross_entropy(logits, labels, label_smoothing=smoothing)
         preds = logits.argmax(dim=1)
         getattr(self, f"{stage}_loss").update(loss.detach(), weight=labels.numel())
         getattr(self, f"{stage}_acc").update(preds, labels)
@@ -106,7 +112,7 @@ class ImageClassifier(LightningModule):
         values = {f"{stage}/loss": loss.compute(), f"{stage}/acc": accuracy.compute()}
         loss.reset()
         accuracy.reset()
-        self.log_dict(values, prog_bar=True)
+        self.log_dict(values, prog_bar=True, sync_dist=True)  # already synced by torchmetrics: no-op, no warning
         return values[f"{stage}/acc"]
 
     def on_train_epoch_end(self) -> None:
@@ -116,7 +122,7 @@ class ImageClassifier(LightningModule):
         accuracy = self._log_epoch("val")
         if not self.trainer.sanity_checking:  # the sanity check's two batches are no real score
             self.val_acc_best.update(accuracy)
-            self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+            self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
@@ -125,7 +131,10 @@ class ImageClassifier(LightningModule):
         try:  # torch checks lr, betas, weight_decay... and says "Invalid learning rate: -0.1"
             optimizer = self.optimizer_callable(self.parameters())
         except ValueError as err:
-            raise UserError(f"optimizer: {err}; set it with --model.optimizer.init_args.NAME (e.g. lr > 0).") from err
+            name = "lr" if "learning rate" in str(err) else "<argument>"
+            raise UserError(f"optimizer: {err}; set --model.optimizer.init_args.{name} to a valid value.") from err
+        if (lr := optimizer.param_groups[0]["lr"]) <= 0:  # torch accepts 0: a run that never learns
+            raise UserError(f"the learning rate must be > 0, got {lr}: set --model.optimizer.init_args.lr.")
         if self.scheduler_callable is None:
             return optimizer
         try:

@@ -1,0 +1,45 @@
+"""Result files (predictions, exported models): checked before the work starts, then written whole or not at all."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from proj.errors import UserError
+
+
+def check_output(path: str | Path, flag: str) -> Path:
+    """`path` as a Path if a file can be written there; a UserError naming `flag` and the fix otherwise.
+
+    Checked up front so that a typo in the output folder fails at once, not after minutes of work.
+    """
+    path = Path(path)
+    folder = path.parent
+    if path.is_dir():
+        raise UserError(f"{flag} {str(path)!r} is a folder: pass a file name, e.g. {str(path / 'out')!r}")
+    if not folder.is_dir():
+        raise UserError(f"{flag} {str(path)!r}: folder {str(folder)!r} does not exist; create it or write elsewhere")
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"{flag} {str(path)!r}: folder {str(folder)!r} is not writable; write elsewhere")
+    return path
+
+
+@contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` to write to; moved onto `path` when the block ends without an error.
+
+    Readers see the old file or the whole new one, never half of it (a crash leaves at most the temporary
+    file, which is removed when Python gets the chance). An OSError while writing becomes a UserError.
+    """
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    try:
+        yield partial
+        with open(partial, "rb") as written:
+            os.fsync(written.fileno())  # on disk before the rename, so a power cut cannot leave an empty file
+        os.replace(partial, path)
+    except OSError as err:
+        raise UserError(f"cannot write {str(path)!r}: {err.strerror or err}") from err
+    finally:
+        partial.unlink(missing_ok=True)

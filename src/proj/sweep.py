@@ -1,0 +1,449 @@
+"""`python -m proj.sweep`: hyperparameter search with Optuna, each trial one fit through the proj CLI.
+
+    python -m proj.sweep --config configs/cnn.yaml --space configs/sweep/cnn.yaml --n_trials 30
+
+A trial is the fit `python -m proj fit --config configs/cnn.yaml [other flags] --KEY VALUE...` would run, with
+the values the sampler drew for the keys of the search space (see `proj.search_space`), without the test or a
+progress bar, logged to TensorBoard in <out_dir>/trial_NNN. The median pruner stops a trial whose --metric
+trails the median of earlier trials at the same epoch. The study lives in a database (SQLite in <out_dir> by
+default; with a server URL, workers on several machines share one study), so the same command run again adds
+--n_trials more. At the end: a table of the trials, and <out_dir>/best.yaml, the best trial's full config for
+`python -m proj.fit --config <out_dir>/best.yaml`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import optuna
+import sqlalchemy
+from jsonargparse import ArgumentParser, Namespace
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+from optuna_integration import PyTorchLightningPruningCallback
+
+from proj.callbacks import HParamsMetrics
+from proj.cli import ProjCLI, expand_short_names
+from proj.errors import UserError, summarize_parse_error
+from proj.models.base import NonFiniteLossError
+from proj.search_space import Override, SearchSpace, cli_args
+
+SAMPLERS = ("grid", "random", "tpe")
+PRUNERS = ("median", "none")
+DIRECTIONS = ("maximize", "minimize")
+DEFAULT_TRIALS = 20
+TABLE_ROWS = 20
+
+
+class TrialFailed(Exception):
+    """A fit that crashed (not a wrong flag): the trial is marked failed and the sweep goes on."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during a fit, which Lightning turns into SystemExit: as a KeyboardInterrupt, Optuna marks
+    the trial failed instead of leaving it "running" in the study forever."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def parse_flags(parser: ArgumentParser, flags: list[str], what: str) -> Namespace:
+    """The CLI's parse of `flags`; its error (an unknown key, a bad value) becomes a UserError naming `what`."""
+    try:
+        return parser.parse_args(expand_short_names(flags))
+    except argparse.ArgumentError as err:
+        raise UserError(f"{what}: {summarize_parse_error(str(err))}") from err
+
+
+def build_cli(flags: list[str], what: str) -> ProjCLI:
+    """Model, data module and Trainer from the flags, as `python -m proj fit` would build them."""
+    try:
+        return ProjCLI(args=flags, run=False)
+    except argparse.ArgumentError as err:
+        raise UserError(f"{what}: {summarize_parse_error(str(err))}") from err
+
+
+def described(overrides: list[Override]) -> str:
+    return f"the search space's flags `{' '.join(cli_args(overrides))}` do not parse"
+
+
+def logger_flag(save_dir: Path, version: str) -> str:
+    """One TensorBoard run per trial, <save_dir>/<version>, whatever logger the base config names."""
+    init_args = {"save_dir": str(save_dir), "name": "", "version": version, "default_hp_metric": False}
+    return json.dumps({"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": init_args})
+
+
+def callbacks_of(trainer: Trainer) -> list[Callback]:
+    """The Trainer's callback list, to edit in place (a connector sets the attribute, out of mypy's view)."""
+    return trainer.callbacks  # type: ignore[attr-defined]
+
+
+def quiet(trainer: Trainer) -> None:
+    """No progress bar or model summary per trial: Optuna prints one line per trial instead."""
+    callbacks = callbacks_of(trainer)
+    callbacks[:] = [c for c in callbacks if not isinstance(c, (ProgressBar, ModelSummary))]
+
+
+def declare_metric(trainer: Trainer, metric: str) -> None:
+    """The swept metric as a column of TensorBoard's HPARAMS tab, beside the trial's hyperparameters."""
+    hparams_metrics = [c for c in callbacks_of(trainer) if isinstance(c, HParamsMetrics)]
+    for callback in hparams_metrics:
+        if metric not in callback.metrics:
+            callback.metrics = (*callback.metrics, metric)
+    if not hparams_metrics:
+        callbacks_of(trainer).append(HParamsMetrics((metric,)))
+
+
+class NoUserErrorTraceback(logging.Filter):
+    """Optuna logs a failed trial with its traceback; for a UserError (printed as `error: ...` at the end) or an
+    interrupt, the one line is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], (UserError, KeyboardInterrupt)):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+@contextlib.contextmanager
+def quiet_trials() -> Iterator[None]:
+    """Lightning's per-fit info lines ("GPU available", "Seed set"...) hidden, and each distinct warning shown
+    once per sweep (every trial builds a new CLI, which resets Python's record of the warnings already shown)."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    optuna_logger, no_traceback = logging.getLogger("optuna"), NoUserErrorTraceback()
+    shown: set[tuple[str, type[Warning], str, int]] = set()
+    showwarning = warnings.showwarning
+
+    def show_once(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        if (key := (str(message), category, filename, lineno)) not in shown:
+            shown.add(key)
+            showwarning(message, category, filename, lineno, file, line)
+
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    for handler in optuna_logger.handlers:
+        handler.addFilter(no_traceback)
+    warnings.showwarning = show_once
+    try:
+        yield
+    finally:
+        warnings.showwarning = showwarning
+        for handler in optuna_logger.handlers:
+            handler.removeFilter(no_traceback)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+class Sweep:
+    """The trials of one study: their flags, the objective Optuna calls, and best.yaml."""
+
+    def __init__(
+        self, space: SearchSpace, fit_args: list[str], metric: str, out_dir: Path, max_epochs: int | None = None
+    ) -> None:
+        self.space, self.metric, self.out_dir = space, metric, out_dir
+        self.base_flags = [*fit_args, *(["--trainer.max_epochs", str(max_epochs)] if max_epochs is not None else [])]
+        self.parser: ArgumentParser | None = None
+        self.failures: list[str] = []
+        self.finished = 0  # trials this process ran to an end, whatever the end
+
+    def flags(self, overrides: list[Override]) -> list[str]:
+        return [*self.base_flags, *cli_args(overrides)]
+
+    def check(self) -> None:
+        """The fit flags built, their data found, and every choice and both ends of every range of the search
+        space parsed, before the study starts: a typo fails now rather than at trial 40."""
+        base = build_cli(self.base_flags, "the fit flags do not parse")
+        base.datamodule.prepare_data()  # data_dir, download: the same for every trial
+        self.parser = base.parser
+        for overrides in self.space.probes():
+            parse_flags(base.parser, self.flags(overrides), described(overrides))
+
+    def objective(self, trial: optuna.Trial) -> float:
+        flags = self.flags(self.space.suggest(trial))
+        log_dir = self.out_dir / f"trial_{trial.number:03d}"
+        trial.set_user_attr("flags", flags)
+        trial.set_user_attr("log_dir", str(log_dir))
+        if log_dir.exists():
+            raise UserError(
+                f"{log_dir} already exists, from an earlier study of the same name: delete it, or choose another "
+                "--out_dir or --study_name"
+            )
+        logger = logger_flag(self.out_dir, log_dir.name)
+        cli = build_cli([*flags, "--trainer.logger", logger], f"the flags of trial {trial.number} do not parse")
+        trainer = cli.trainer
+        quiet(trainer)
+        declare_metric(trainer, self.metric)
+        callbacks_of(trainer).append(PyTorchLightningPruningCallback(trial, monitor=self.metric))
+        if trainer.logger is not None:  # the searched values by name, filterable in the HPARAMS tab
+            searched = {f"sweep/{key}": value for key, value in self.space.labels(trial.params).items()}
+            trainer.logger.log_hyperparams({"sweep/trial": trial.number, **searched})
+        try:
+            trainer.fit(cli.model, datamodule=cli.datamodule)
+        except optuna.TrialPruned:
+            trial.set_user_attr("outcome", f"pruned at epoch {trainer.current_epoch}")
+            raise
+        except NonFiniteLossError as err:  # a rate too high: as bad as it gets, which TPE learns from a pruned trial
+            trial.set_user_attr("outcome", f"diverged at epoch {trainer.current_epoch}")
+            raise optuna.TrialPruned(str(err)) from err
+        except UserError:
+            raise  # a flag every trial shares is wrong: stop the sweep
+        except SystemExit as err:
+            raise Interrupted(143 if isinstance(err, SIGTERMException) else 130) from err
+        except Exception as err:
+            lines = str(err).strip().splitlines()
+            message = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+            trial.set_user_attr("outcome", f"failed: {message}"[:300])
+            self.failures.append(f"trial {trial.number}: {message}")
+            raise TrialFailed(message) from err
+        finally:
+            self.finished += 1
+        value = trainer.callback_metrics.get(self.metric)
+        if value is None:
+            logged = ", ".join(sorted(trainer.callback_metrics)) or "nothing"
+            raise UserError(f"--metric {self.metric} was never logged; the fit logged {logged}")
+        if isinstance(trainer.checkpoint_callback, ModelCheckpoint):
+            trial.set_user_attr("best_model_path", trainer.checkpoint_callback.best_model_path)
+        return float(value)
+
+    def write_best(self, study: optuna.Study) -> Path:
+        """The best trial's complete config (base config and its values resolved), for `proj.fit --config`."""
+        assert self.parser is not None
+        best = study.best_trial
+        flags = best.user_attrs.get("flags")
+        if not isinstance(flags, list):
+            raise UserError(f"trial {best.number} of study {study.study_name!r} was not run by proj.sweep")
+        config = parse_flags(self.parser, flags, f"the flags of the best trial {best.number} no longer parse")
+        if "test_after_fit" in config:
+            del config["test_after_fit"]  # proj.fit tests after fitting; `proj fit` does not
+        path = self.out_dir / "best.yaml"
+        header = [
+            f"Best trial of study {study.study_name!r}: trial {best.number}, {self.metric} = {best.value:.6g}",
+            f"Searched: {', '.join(f'{k}={v}' for k, v in self.space.labels(best.params).items())}",
+            f"Its logs: {best.user_attrs.get('log_dir', '?')}",
+            f"Its best checkpoint: {best.user_attrs.get('best_model_path', '?')}",
+            f"Train it: python -m proj.fit --config {path}",
+        ]
+        text = "".join(f"# {line}\n" for line in header) + self.parser.dump(config, skip_none=False)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")  # workers may finish at the same time
+        partial.write_text(text)
+        partial.replace(path)
+        return path
+
+
+def make_sampler(name: str, space: SearchSpace, seed: int | None, done: int) -> optuna.samplers.BaseSampler:
+    if name == "grid":
+        return optuna.samplers.GridSampler(space.grid(), seed=seed)
+    seed = None if seed is None else seed + done  # a resumed study must not draw its first points again
+    return optuna.samplers.RandomSampler(seed) if name == "random" else optuna.samplers.TPESampler(seed=seed)
+
+
+def make_pruner(name: str, startup_trials: int, warmup_epochs: int) -> optuna.pruners.BasePruner:
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=warmup_epochs)
+
+
+def masked(url: str) -> str:
+    """A storage URL without its password, for printing."""
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return url
+
+
+def open_study(storage: str, name: str, metric: str, direction: str, pruner: optuna.pruners.BasePruner) -> optuna.Study:
+    """The study `name`, created or, when it exists, loaded to be continued (with the same metric and direction)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # The heartbeat marks trials of a killed worker failed (after 2 minutes) instead of running forever.
+            rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=30, grace_period=120)
+        study = optuna.create_study(
+            storage=rdb,
+            study_name=name,
+            direction=StudyDirection[direction.upper()],
+            pruner=pruner,
+            load_if_exists=True,
+        )
+    except (ValueError, ImportError, sqlalchemy.exc.SQLAlchemyError) as err:
+        raise UserError(f"cannot open study {name!r} in {masked(storage)}: {str(err).splitlines()[0]}") from err
+    goal = (study.user_attrs.get("metric", metric), study.direction.name.lower())
+    if goal != (metric, direction):
+        raise UserError(
+            f"study {name!r} in {masked(storage)} was started to {goal[1]} {goal[0]}: continue it with --metric "
+            f"{goal[0]} --direction {goal[1]}, or start another with --study_name"
+        )
+    study.set_user_attr("metric", metric)
+    return study
+
+
+def grid_points_left(study: optuna.Study, grid: dict[str, list[Any]]) -> int:
+    total = 1
+    for values in grid.values():
+        total *= len(values)
+    keys = list(grid)
+    done = {
+        tuple(trial.params.get(key) for key in keys)
+        for trial in study.get_trials(deepcopy=False)
+        if trial.state.is_finished() and all(trial.params.get(key) in grid[key] for key in keys)
+    }
+    return total - len(done)
+
+
+def shown_value(trial: FrozenTrial) -> str:
+    """The final value (Optuna gives a pruned trial its last reported one)."""
+    return "-" if trial.value is None else f"{trial.value:.4f}"
+
+
+def trials_table(study: optuna.Study, space: SearchSpace, metric: str) -> str:
+    """One line per trial (the best TABLE_ROWS when there are more), its state, value, time and values."""
+    trials = study.get_trials(deepcopy=False)
+    shown = trials
+    if len(trials) > TABLE_ROWS:
+        complete = [trial for trial in trials if trial.state == TrialState.COMPLETE]
+        ranked = sorted(complete, key=lambda t: t.value or 0.0, reverse=study.direction == StudyDirection.MAXIMIZE)
+        shown = [*ranked, *(trial for trial in trials if trial.state != TrialState.COMPLETE)][:TABLE_ROWS]
+    keys = [param.key for param in space.params]
+    header = ["trial", metric, "time", "state", *keys]
+    rows = []
+    for trial in shown:
+        seconds = f"{trial.duration.total_seconds():.0f}s" if trial.duration is not None else "-"
+        state = trial.user_attrs.get("outcome", trial.state.name.lower())
+        labels = space.labels(trial.params)
+        rows.append([str(trial.number), shown_value(trial), seconds, state, *(labels.get(k, "-") for k in keys)])
+    lines = aligned([header, *rows], numeric=3)
+    if len(shown) < len(trials):
+        lines.append(f"({len(shown)} of {len(trials)} trials, the best first)")
+    return "\n".join(lines)
+
+
+def aligned(rows: list[list[str]], numeric: int) -> list[str]:
+    """Columns padded to their widest cell; the first `numeric` right-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(
+            cell.rjust(w) if i < numeric else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]
+
+
+def summary(study: optuna.Study) -> str:
+    counts: dict[str, int] = {}
+    for trial in study.get_trials(deepcopy=False):
+        counts[trial.state.name.lower()] = counts.get(trial.state.name.lower(), 0) + 1
+    return f"{len(study.trials)} trials ({', '.join(f'{n} {state}' for state, n in counts.items())})"
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m proj.sweep",
+        usage="%(prog)s --space FILE [options] [--config FILE] [fit flags]",
+        description=__doc__.split("\n\n", 2)[2] if __doc__ else None,
+        epilog="Any other flag (--config FILE, --data.data_dir DIR, --trainer.*...) goes to every trial's fit.",
+        allow_abbrev=False,  # `--max` must not pass for --max_epochs: unknown flags belong to the fit
+    )
+    add = parser.add_argument
+    add("--space", required=True, metavar="FILE", help="YAML search space, e.g. configs/sweep/cnn.yaml")
+    add("--sampler", default="tpe", help="grid, random or tpe (Bayesian) (default: tpe)")
+    add(
+        "--n_trials",
+        type=int,
+        metavar="N",
+        help=f"trials to run now, on top of those the study already has (default: {DEFAULT_TRIALS}; with --sampler "
+        "grid, the rest of the grid; 0: only the table and best.yaml)",
+    )
+    add("--timeout", type=float, metavar="SECONDS", help="start no trial after this many seconds")
+    add("--max_epochs", type=int, metavar="N", help="epochs of every trial (default: the config's)")
+    add("--metric", default="val/acc", help="logged metric to optimise and to prune on (default: val/acc)")
+    add("--direction", default="maximize", help="maximize or minimize the metric (default: maximize)")
+    add("--pruner", default="median", help="median: stop a trial below the median at its epoch; none (default: median)")
+    add("--pruner_startup_trials", type=int, default=5, metavar="N", help="complete trials before any is pruned (5)")
+    add("--pruner_warmup_epochs", type=int, default=0, metavar="N", help="epochs before a trial may be pruned (0)")
+    add("--study_name", help="default: the search space file's name, e.g. cnn")
+    add("--out_dir", metavar="DIR", help="trial logs, study.db and best.yaml (default: logs/sweep-<study_name>)")
+    add("--storage", metavar="URL", help="database URL (default: sqlite:///<out_dir>/study.db)")
+    add("--seed", type=int, help="the sampler's seed, for a reproducible sequence of trials")
+    return parser
+
+
+def run(argv: Sequence[str]) -> None:
+    options, fit_args = argument_parser().parse_known_args(argv)
+    for name, value, allowed in [
+        ("sampler", options.sampler, SAMPLERS),
+        ("pruner", options.pruner, PRUNERS),
+        ("direction", options.direction, DIRECTIONS),
+    ]:
+        if value not in allowed:
+            raise UserError(f"unknown {name} {value!r}: use --{name} {' or '.join(allowed)}")
+    space = SearchSpace.load(options.space)
+    grid = space.grid() if options.sampler == "grid" else None  # a continuous range fails here
+    name = options.study_name or Path(options.space).stem
+    out_dir = Path(options.out_dir or f"logs/sweep-{name}")
+    storage = options.storage or f"sqlite:///{out_dir / 'study.db'}"
+
+    sweep = Sweep(space, fit_args, options.metric, out_dir, options.max_epochs)
+    with quiet_trials():
+        sweep.check()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        pruner = make_pruner(options.pruner, options.pruner_startup_trials, options.pruner_warmup_epochs)
+        study = open_study(storage, name, options.metric, options.direction, pruner)
+        study.sampler = make_sampler(options.sampler, space, options.seed, len(study.trials))
+        n_trials = DEFAULT_TRIALS if options.n_trials is None else options.n_trials
+        if grid is not None:
+            left = grid_points_left(study, grid)
+            n_trials = left if options.n_trials is None else min(options.n_trials, left)
+        if n_trials > 0:
+            study.optimize(sweep.objective, n_trials=n_trials, timeout=options.timeout, catch=(TrialFailed,))
+
+    print(f"\n{trials_table(study, space, options.metric)}\n")
+    if sweep.finished and len(sweep.failures) == sweep.finished:
+        raise UserError(f"all {sweep.finished} trials failed; the first: {sweep.failures[0]}")
+    if not any(trial.state == TrialState.COMPLETE for trial in study.get_trials(deepcopy=False)):
+        raise UserError(f"no trial of study {name!r} has completed yet ({summary(study)})")
+    best = study.best_trial
+    path = sweep.write_best(study)
+    print(f"Best: trial {best.number}, {options.metric} = {best.value:.4f}")
+    print(f"Its config: {path}  (python -m proj.fit --config {path})")
+    complete = grid is not None and not grid_points_left(study, grid)
+    more = "the grid is complete" if complete else "the same command again runs more"
+    print(f"Study {name!r} in {masked(storage)}: {summary(study)}; {more}.")
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Run a sweep; a problem the user can fix exits with its message and status 2, not a traceback."""
+    # LightningCLI warns when given `args` while sys.argv holds flags; here the trial's flags are built from them.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+    try:
+        run(sys.argv[1:] if args is None else args)
+    except (UserError, MisconfigurationException) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt as err:
+        print("\nInterrupted: the same command again continues the study.", file=sys.stderr)
+        sys.exit(err.status if isinstance(err, Interrupted) else 130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,315 @@
+"""`python -m proj.tune {lr,batch_size} [fit flags]`: Lightning's learning-rate and batch-size finders on a config.
+
+    python -m proj.tune lr --config configs/cnn.yaml
+    python -m proj.tune batch_size --config configs/cnn.yaml --mode binsearch
+
+The model, data module and Trainer are the ones `python -m proj fit` builds from the same flags. The learning-rate
+finder trains --num_training steps while the rate grows from --min_lr to --max_lr, and suggests the rate at which
+the loss falls fastest. The batch-size finder doubles the batch size (then, with binsearch, bisects) until a
+step runs out of memory, a few steps per size; on a CPU none does, so it also reports each size's images per
+second. Neither keeps the weights or writes logs or checkpoints: each prints its value as the flag to pass to
+proj.fit, and saves a plot in --out_dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.accelerators import CPUAccelerator
+from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.tuner import Tuner
+from matplotlib.figure import Figure
+
+from proj.cli import ProjCLI
+from proj.errors import UserError
+
+
+def build(fit_args: list[str]) -> ProjCLI:
+    """Model, data and Trainer as `proj fit` builds them, minus what would write a run folder."""
+    cli = ProjCLI(args=fit_args, run=False)
+    callbacks: list[Callback] = cli.trainer.callbacks  # type: ignore[attr-defined]
+    callbacks[:] = [c for c in callbacks if not isinstance(c, SaveConfigCallback)]  # it writes config.yaml at setup
+    cli.trainer.loggers = []  # the tuner's teardown would flush them: a run folder with nothing in it
+    cli.trainer.fit_loop.max_epochs = -1  # the finder's own step count ends it, not the config's epochs
+    return cli
+
+
+def check_ran(result: object) -> None:
+    if result is None:  # Lightning skips both finders under fast_dev_run
+        raise UserError("the finders do not run with --trainer.fast_dev_run: drop that flag")
+
+
+def optimizer_lr_flag(cli: ProjCLI) -> str:
+    """The flag that sets the rate; a OneCycleLR-like scheduler takes its peak from its own `max_lr`."""
+    scheduler = cli.config.model.init_args.get("scheduler")
+    init_args = scheduler.get("init_args") if scheduler is not None and hasattr(scheduler, "get") else None
+    if init_args is not None and "max_lr" in init_args:
+        return "--model.scheduler.init_args.max_lr"
+    return "--model.optimizer.init_args.lr"
+
+
+def steepest_descent(
+    lrs: list[float], losses: list[float], log_spaced: bool, skip_begin: int = 10, skip_end: int = 1
+) -> int | None:
+    """Index of the steepest fall of the loss: against log10(lr) when the rates are log-spaced, else against lr.
+
+    Lightning's own `suggestion()` (2.6) differentiates against lr in both modes; on the default log-spaced
+    range that favours the smallest rates (it suggests ~4e-7 for configs/cnn.yaml on MNIST; Lightning issue
+    #21141). The skips are Lightning's: the first steps' smoothed loss is still warming up.
+    """
+    indices = [i for i in range(skip_begin, len(losses) - skip_end) if math.isfinite(losses[i])]
+    if len(indices) < 2:
+        return None
+    rates = torch.tensor([lrs[i] for i in indices], dtype=torch.float64)
+    spacing = rates.log10() if log_spaced else rates
+    gradient = torch.gradient(torch.tensor([losses[i] for i in indices], dtype=torch.float64), spacing=[spacing])[0]
+    return indices[int(gradient.argmin())]
+
+
+def find_lr(
+    cli: ProjCLI,
+    out_dir: Path,
+    min_lr: float = 1e-8,
+    max_lr: float = 1.0,
+    num_training: int = 100,
+    mode: str = "exponential",
+    early_stop_threshold: float | None = 4.0,
+) -> float | None:
+    """Lightning's range test; the suggestion (None when too few steps ran) is printed and plotted."""
+    # update_attr=False: these models take an optimizer class and its arguments, not an `lr` attribute. The range
+    # test swaps in its own schedule on the configured optimizer, whatever that optimizer is.
+    finder = Tuner(cli.trainer).lr_find(
+        cli.model,
+        datamodule=cli.datamodule,
+        min_lr=min_lr,
+        max_lr=max_lr,
+        num_training=num_training,
+        mode=mode,
+        early_stop_threshold=early_stop_threshold,
+        update_attr=False,
+    )
+    check_ran(finder)
+    assert finder is not None
+    lrs, losses = finder.results["lr"], finder.results["loss"]
+    index = steepest_descent(lrs, losses, log_spaced=mode == "exponential")
+    suggestion = None if index is None else float(lrs[index])
+    figure = finder.plot(suggest=False)
+    assert isinstance(figure, Figure)
+    ax = figure.axes[0]
+    if index is not None:
+        ax.plot(lrs[index], losses[index], markersize=10, marker="o", color="red")
+    finite = [loss for loss in losses if math.isfinite(loss)]
+    top = 1.5 * max(finite[: len(finite) // 2], default=math.inf)
+    if finite and max(finite) > top:  # a diverged end would squash the rest of the curve flat
+        bottom = min(finite)
+        ax.set_ylim(bottom - 0.05 * (top - bottom), top)
+    steps = len(lrs)
+    ax.set_title(
+        f"Learning-rate range test, {steps} steps: "
+        + (f"suggested {suggestion:.3g}" if suggestion is not None else "no suggestion")
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "lr_find.png"
+    figure.savefig(path, dpi=100)
+    plt.close(figure)  # Lightning drew it with pyplot, which keeps every figure until closed
+    if steps < num_training:
+        print(f"The range test ran {steps} of {num_training} steps: it stops early when the loss diverges.")
+    if suggestion is None:
+        print("No suggestion: too few steps with a finite loss; raise --num_training or --max_lr.")
+    else:
+        flag = optimizer_lr_flag(cli)
+        print(f"Suggested learning rate: {suggestion:.3g} (set {flag} {suggestion:.3g})")
+    print(f"Plot: {path}")
+    return suggestion
+
+
+class StepTimer:
+    """Images per second of each batch size the batch-size finder runs.
+
+    The finder runs its steps without the Trainer's callbacks, so this wraps the model's own batch hooks; the
+    size is the loader's (Lightning's first trial runs at whatever size the loader already had).
+    """
+
+    def __init__(self, model: LightningModule, trainer: Trainer) -> None:
+        self.model, self.trainer = model, trainer
+        self.best: dict[int, float] = {}  # batch size -> images per second of its fastest step
+        self.start = 0.0
+
+    def _sync(self) -> None:
+        if self.model.device.type == "cuda":
+            torch.cuda.synchronize(self.model.device)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._sync()
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._sync()
+        seconds = time.perf_counter() - self.start
+        size = getattr(self.trainer.train_dataloader, "batch_size", None) or len(batch[0])
+        self.best[size] = max(self.best.get(size, 0.0), len(batch[0]) / seconds)
+
+    def __enter__(self) -> StepTimer:
+        self.model.on_train_batch_start = self.on_train_batch_start  # type: ignore[method-assign]
+        self.model.on_train_batch_end = self.on_train_batch_end  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        del self.model.on_train_batch_start, self.model.on_train_batch_end  # back to the class's hooks
+
+
+def find_batch_size(
+    cli: ProjCLI,
+    out_dir: Path,
+    mode: str = "power",
+    steps_per_trial: int = 3,
+    init_val: int = 2,
+    max_trials: int = 25,
+    max_val: int = 8192,
+    margin: float = 0.05,
+) -> int:
+    """The largest batch size that ran, set on the data module; the sizes tried are plotted with their speed."""
+    # Lightning runs its first trial with the loader it already has: start that loader at init_val.
+    set_batch_size(cli.datamodule, init_val)
+    with StepTimer(cli.model, cli.trainer) as timer:
+        found = Tuner(cli.trainer).scale_batch_size(
+            cli.model,
+            datamodule=cli.datamodule,
+            mode=mode,
+            steps_per_trial=steps_per_trial,
+            init_val=init_val,
+            max_trials=max_trials,
+            max_val=max_val,
+            margin=margin,
+        )
+    check_ran(found)
+    assert found is not None
+    ran = sorted(timer.best)
+    if not ran:
+        raise UserError("no training step ran: check --trainer.limit_train_batches and the data")
+    if found > max(ran):
+        # Lightning stops at --max_val without running it (or past the last size that fit): report what ran.
+        print(f"Lightning's finder returned {found}, which it never ran; keeping {max(ran)}, the largest that did.")
+        found = max(ran)
+    set_batch_size(cli.datamodule, found)
+    speeds = ", ".join(f"{size} ({timer.best[size]:,.0f}/s)" for size in ran)
+    print(f"Batch sizes that ran (images per second of the fastest step): {speeds}")
+    print(f"Largest batch size: {found} (set --data.batch_size {found})")
+    if isinstance(cli.trainer.accelerator, CPUAccelerator):
+        print(
+            "On the CPU nothing runs out of memory: the search only stops at --max_val or --max_trials. "
+            "Choose by images per second instead."
+        )
+    path = plot_batch_sizes(timer.best, found, out_dir)
+    print(f"Plot: {path}")
+    return found
+
+
+def set_batch_size(datamodule: LightningDataModule, size: int) -> None:
+    """What Lightning's finder sets: the data module's attribute, and its hparams for the logs."""
+    if not hasattr(datamodule, "batch_size"):
+        raise UserError(f"{type(datamodule).__name__} has no `batch_size` attribute for the finder to change")
+    datamodule.batch_size = size
+    if "batch_size" in datamodule.hparams:
+        datamodule.hparams["batch_size"] = size
+
+
+def plot_batch_sizes(speeds: dict[int, float], found: int, out_dir: Path) -> Path:
+    figure = Figure(figsize=(7, 4))
+    ax = figure.subplots()
+    sizes = sorted(speeds)
+    bars = ax.bar([str(size) for size in sizes], [speeds[size] for size in sizes], color="tab:blue")
+    if found in speeds:
+        bars[sizes.index(found)].set_color("tab:red")
+    ax.set_xlabel("batch size (red: the one reported)")
+    ax.set_ylabel("images per second (fastest step)")
+    ax.set_title("Batch sizes the finder ran")
+    figure.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "batch_size.png"
+    figure.savefig(path, dpi=100)
+    return path
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m proj.tune",
+        description=__doc__.split("\n\n", 2)[2] if __doc__ else None,
+        epilog="Any other flag (--config FILE, --data.*, --model.*, --trainer.*) builds the fit as proj.fit would.",
+        allow_abbrev=False,
+    )
+    finders = parser.add_subparsers(dest="finder", required=True, metavar="{lr,batch_size}")
+    defaults = argparse.ArgumentDefaultsHelpFormatter
+    lr = finders.add_parser("lr", help="learning-rate range test", formatter_class=defaults, allow_abbrev=False)
+    lr.add_argument("--min_lr", type=float, default=1e-8, help="first rate of the range test")
+    lr.add_argument("--max_lr", type=float, default=1.0, help="last rate of the range test")
+    lr.add_argument("--num_training", type=int, default=100, help="steps of the range test")
+    lr.add_argument("--mode", default="exponential", help="how the rate grows: exponential or linear")
+    lr.add_argument(
+        "--early_stop_threshold", type=float, default=4.0, help="stop when the loss exceeds this times its lowest"
+    )
+    size = finders.add_parser("batch_size", help="largest batch size", formatter_class=defaults, allow_abbrev=False)
+    size.add_argument("--mode", default="power", help="power: double until out of memory; binsearch: then bisect")
+    size.add_argument("--steps_per_trial", type=int, default=3, help="training steps per batch size")
+    size.add_argument("--init_val", type=int, default=2, help="first batch size")
+    size.add_argument("--max_trials", type=int, default=25, help="most batch sizes to try")
+    size.add_argument("--max_val", type=int, default=8192, help="largest batch size to try")
+    size.add_argument("--margin", type=float, default=0.05, help="binsearch: take this fraction off the result")
+    for finder in (lr, size):
+        finder.add_argument("--out_dir", default="logs/tune", help="where the plot goes")
+    return parser
+
+
+def run(argv: Sequence[str]) -> None:
+    options, fit_args = argument_parser().parse_known_args(argv)
+    modes = {"lr": ("exponential", "linear"), "batch_size": ("power", "binsearch")}[options.finder]
+    if options.mode not in modes:
+        raise UserError(f"unknown --mode {options.mode!r} for the {options.finder} finder: use {' or '.join(modes)}")
+    cli = build(fit_args)
+    out_dir = Path(options.out_dir)
+    if options.finder == "lr":
+        find_lr(
+            cli,
+            out_dir,
+            options.min_lr,
+            options.max_lr,
+            options.num_training,
+            options.mode,
+            options.early_stop_threshold,
+        )
+    else:
+        find_batch_size(
+            cli,
+            out_dir,
+            options.mode,
+            options.steps_per_trial,
+            options.init_val,
+            options.max_trials,
+            options.max_val,
+            options.margin,
+        )
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Run a finder; a problem the user can fix exits with its message and status 2, not a traceback."""
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+    try:
+        run(sys.argv[1:] if args is None else args)
+    except (UserError, MisconfigurationException) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

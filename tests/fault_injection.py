@@ -1,0 +1,62 @@
+"""Faults on cue for the slow fault tests, imported by `python -m proj.fit` subprocesses (tests/ on PYTHONPATH)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+
+class SignalAt(Callback):
+    """Sends `signum` to this process after training batch `batch` of epoch `epoch` (mid-epoch, on purpose)."""
+
+    def __init__(self, epoch: int, batch: int, signum: int) -> None:
+        self.epoch, self.batch, self.signum = epoch, batch, signum
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+            os.kill(os.getpid(), self.signum)
+
+
+class PoisonAt(Callback):
+    """Sets a weight to NaN before training batch `batch` of epoch `epoch`: the next loss is NaN."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+            with torch.no_grad():
+                next(pl_module.parameters()).view(-1)[0] = float("nan")
+
+
+def die_while_writing(nth_last: int) -> None:
+    """SIGKILL this process half-way through writing last.ckpt for the `nth_last` time.
+
+    The checkpoint writer writes a partial file and renames it into place: the kill lands after half the
+    bytes are on disk and before the rename, the moment a non-atomic writer would leave half a last.ckpt.
+    """
+    real_replace, count = os.replace, 0
+
+    def replace(src: str | Path, dst: str | Path) -> None:
+        nonlocal count
+        if Path(dst).name == "last.ckpt":
+            count += 1
+            if count == nth_last:
+                data = Path(src).read_bytes()
+                Path(src).write_bytes(data[: len(data) // 2])
+                os.kill(os.getpid(), signal.SIGKILL)
+        real_replace(src, dst)
+
+    os.replace = replace  # type: ignore[assignment]
+
+
+if __name__ == "__main__":  # python fault_injection.py NTH_LAST [proj.fit flags...]
+    die_while_writing(int(sys.argv[1]))
+    import proj.fit
+
+    proj.fit.main(sys.argv[2:])

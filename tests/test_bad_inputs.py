@@ -1,0 +1,148 @@
+"""The README's "When something is wrong" catalogue: every bad input exits 2 with one line naming the value and the
+fix, no traceback, and leaves the existing run's logs and checkpoints as they were."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import proj.cli
+from conftest import NUM_TRAIN, VAL_SIZE, run_fit
+from proj.data.synthetic import write_synthetic_mnist
+
+
+@pytest.fixture(scope="module")
+def existing_run(mnist_dir, tmp_path_factory) -> Path:
+    """logs/ holding one finished MLP run (checkpoints, config, events) that no bad command may touch."""
+    logs = tmp_path_factory.mktemp("existing") / "logs"
+    run_fit(mnist_dir, logs, "--model", "MLPClassifier")
+    return logs
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(path.relative_to(folder)): (path.stat().st_size, path.stat().st_mtime_ns) for path in folder.rglob("*")}
+
+
+def mlp_checkpoint(logs: Path) -> Path:
+    return logs / "mnist" / "version_0" / "checkpoints" / "last.ckpt"
+
+
+def damaged_data(tmp_path: Path, damage: str) -> Path:
+    data = write_synthetic_mnist(tmp_path / "data", num_train=60, num_test=20)
+    images = data / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    if damage == "truncated":
+        images.write_bytes(images.read_bytes()[:-100])
+    elif damage == "magic":
+        images.write_bytes(b"\x00\x00\x08\x01" + images.read_bytes()[4:])
+    return data
+
+
+def corrupt_checkpoint(tmp_path: Path, logs: Path) -> Path:
+    bad = tmp_path / "corrupt.ckpt"
+    bad.write_bytes(mlp_checkpoint(logs).read_bytes()[:2000])
+    return bad
+
+
+def unknown_key_config(tmp_path: Path, logs: Path) -> Path:
+    config = tmp_path / "typo.yaml"
+    config.write_text("model:\n  class_path: proj.models.MLPClassifier\n  init_args:\n    hiden_sizes: [32]\n")
+    return config
+
+
+# (flags, or a function of (tmp_path, existing logs) giving them; words the one-line message must contain)
+CATALOGUE = {
+    "unknown model": (["--model", "NoSuchNet"], ["NoSuchNet", "MLPClassifier or CNNClassifier"]),
+    "unknown scheduler": (["--model.scheduler", "NoSuchLR"], ["--model.scheduler NoSuchLR", "StepLR"]),
+    "unknown optimizer": (["--model.optimizer", "NoSuchOpt"], ["--model.optimizer NoSuchOpt", "SGD"]),
+    "negative lr": (["--model.optimizer", "SGD", "--model.optimizer.lr", "-0.1"], ["-0.1", "init_args.lr"]),
+    "zero lr": (
+        ["--model.optimizer", "Adam", "--model.optimizer.lr", "0"],
+        ["got 0", "--model.optimizer.init_args.lr"],
+    ),
+    "zero batch size": (["--data.batch_size", "0"], ["got 0", "--data.batch_size"]),
+    "negative batch size": (["--data.batch_size", "-8"], ["got -8", "--data.batch_size"]),
+    "non-integer batch size": (["--data.batch_size", "many"], ["--data.batch_size", "'many'"]),
+    "val_size covers the training set": (
+        ["--data.val_size", str(NUM_TRAIN)],
+        [f"val_size {NUM_TRAIN}", f"out of {NUM_TRAIN}", "--data.val_size"],
+    ),
+    "plateau monitor never logged": (
+        ["--model.scheduler", "ReduceLROnPlateau", "--model.scheduler.monitor", "val/los"],
+        ["'val/los'", "never logged", "val/loss", "--model.scheduler.init_args.monitor"],
+    ),
+    "data_dir is a file": (
+        lambda tmp, logs: ["--data.data_dir", str(mlp_checkpoint(logs))],
+        ["is a file", "--data.data_dir"],
+    ),
+    "data_dir without MNIST, download off": (
+        lambda tmp, logs: ["--data.data_dir", str(tmp / "empty"), "--data.download", "false"],
+        ["MNIST not found", "--data.download false", "--data.data_dir"],
+    ),
+    "data_dir without MNIST, no network": (
+        lambda tmp, logs: ["--data.data_dir", str(tmp / "empty"), "--data.download", "true"],
+        ["MNIST not found", "download failed", "--data.data_dir"],
+    ),
+    "truncated IDX file": (
+        lambda tmp, logs: ["--data.data_dir", str(damaged_data(tmp, "truncated")), "--data.val_size", "10"],
+        ["train-images-idx3-ubyte is corrupt", "replace it with the original file"],
+    ),
+    "IDX file with the wrong magic number": (
+        lambda tmp, logs: ["--data.data_dir", str(damaged_data(tmp, "magic")), "--data.val_size", "10"],
+        ["magic number 0x00000801, expected 0x00000803", "replace it with the original file"],
+    ),
+    "corrupt checkpoint": (
+        lambda tmp, logs: ["--model", "MLPClassifier", "--ckpt_path", str(corrupt_checkpoint(tmp, logs))],
+        ["corrupt.ckpt", "cannot be read", "proj.fit"],
+    ),
+    "missing checkpoint": (
+        lambda tmp, logs: ["--ckpt_path", str(tmp / "nowhere.ckpt")],
+        ["nowhere.ckpt", "does not exist"],
+    ),
+    "checkpoint of the other model class": (
+        lambda tmp, logs: ["--model", "CNNClassifier", "--ckpt_path", str(mlp_checkpoint(logs))],
+        ["written by proj.models.MLPClassifier", "builds proj.models.CNNClassifier", "--config <run>/config.yaml"],
+    ),
+    "config file with an unknown key": (
+        lambda tmp, logs: ["--config", str(unknown_key_config(tmp, logs))],
+        ["unknown key model.hiden_sizes", "--help"],
+    ),
+    "unknown flag": (["--trainer.max_epocs", "3"], ["--trainer.max_epocs", "spelling"]),
+    "missing config file": (["--config", "nowhere.yaml"], ["nowhere.yaml", "no such file"]),
+}
+if not torch.cuda.is_available():
+    CATALOGUE["GPU asked for on a machine without one"] = (
+        ["--trainer.accelerator", "gpu", "--trainer.devices", "1"],
+        ["gpu", "--trainer.accelerator cpu"],
+    )
+
+
+@pytest.mark.parametrize("case", CATALOGUE)
+@pytest.mark.parametrize("subcommand", ["fit", "test"])
+def test_bad_input_exits_2_with_one_line_and_touches_nothing(
+    case, subcommand, existing_run, mnist_dir, tmp_path, capsys
+):
+    flags, words = CATALOGUE[case]
+    if callable(flags):
+        flags = flags(tmp_path, existing_run)
+    if subcommand == "test" and not any(
+        flag in " ".join(flags) for flag in ("data", "ckpt", "config", "model ", "accel")
+    ):
+        pytest.skip("a fit-only setting")
+    logs = existing_run
+    before = snapshot(logs)
+    base = ["--data.data_dir", str(mnist_dir), "--data.download", "false", "--data.num_workers", "0"]
+    base += ["--data.val_size", str(VAL_SIZE)]
+    base += ["--trainer.logger.init_args.save_dir", str(logs), "--trainer.max_epochs", "1"]
+    with pytest.raises(SystemExit) as exit_info:
+        proj.cli.main([subcommand, *base, *flags])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, err
+    for word in words:
+        assert word in errors[0], (word, errors[0])
+    assert snapshot(logs) == before  # nothing written, nothing touched, no new run folder
+    assert not (tmp_path / "logs").exists()

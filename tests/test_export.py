@@ -1,0 +1,130 @@
+"""Export to ONNX and TorchScript: the files compute what the model computes, at any batch size, and fail cleanly."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import onnx
+import onnxruntime
+import pytest
+import torch
+
+import proj.export
+from conftest import run_python
+from proj.checkpoints import load_classifier
+from proj.data.mnist import MEAN, STD
+from test_predict import TINY_MODELS, trained_checkpoint
+
+
+@pytest.fixture(scope="module")
+def checkpoints(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny CLI-trained checkpoint per model (its batch norm statistics are no longer the initial ones)."""
+    return {name: trained_checkpoint(mnist_dir, tmp_path_factory, name) for name in TINY_MODELS}
+
+
+def export(checkpoint: Path, format: str, output: Path) -> None:
+    proj.export.main(["--ckpt_path", str(checkpoint), "--format", format, "--output", str(output)])
+
+
+def expected_logits(checkpoint: Path, batch: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return load_classifier(checkpoint)(batch)
+
+
+BATCHES = (8, 3)  # the example traced has 2: other sizes prove the batch dimension is dynamic
+
+
+@pytest.mark.parametrize("model", sorted(TINY_MODELS))
+def test_onnx_matches_pytorch(tmp_path, checkpoints, model):
+    output = tmp_path / "model.onnx"
+    export(checkpoints[model], "onnx", output)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model.onnx"]  # weights inside, no partial file
+
+    session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    (input_spec,), (output_spec,) = session.get_inputs(), session.get_outputs()
+    assert (input_spec.name, output_spec.name) == ("images", "logits")
+    assert input_spec.shape[1:] == [1, 28, 28] and isinstance(input_spec.shape[0], str)
+    generator = torch.Generator().manual_seed(0)
+    for size in BATCHES:
+        batch = torch.randn(size, 1, 28, 28, generator=generator)
+        (logits,) = session.run(None, {"images": batch.numpy()})
+        torch.testing.assert_close(
+            torch.from_numpy(logits), expected_logits(checkpoints[model], batch), atol=1e-4, rtol=0
+        )
+
+    properties = {prop.key: prop.value for prop in onnx.load(str(output)).metadata_props}
+    assert (float(properties["proj.mean"]), float(properties["proj.std"])) == (MEAN, STD)
+
+
+@pytest.mark.parametrize("model", sorted(TINY_MODELS))
+def test_torchscript_matches_pytorch(tmp_path, checkpoints, model):
+    output = tmp_path / "model.pt"
+    with pytest.warns(FutureWarning, match="TorchScript") as record:
+        export(checkpoints[model], "torchscript", output)
+    assert sum("deprecated" in str(warning.message) for warning in record) == 1  # torch's three are one
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model.pt"]
+
+    extra_files = {"proj.json": ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated too
+        loaded = torch.jit.load(str(output), _extra_files=extra_files)
+    generator = torch.Generator().manual_seed(0)
+    for size in BATCHES:
+        batch = torch.randn(size, 1, 28, 28, generator=generator)
+        with torch.inference_mode():
+            logits = loaded(batch)
+        torch.testing.assert_close(logits, expected_logits(checkpoints[model], batch), atol=1e-4, rtol=0)
+    stored = json.loads(extra_files["proj.json"])
+    assert (float(stored["proj.mean"]), float(stored["proj.std"])) == (MEAN, STD)
+
+
+def error_exit(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        proj.export.main(list(args))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_user_errors_exit_2(tmp_path, capsys, checkpoints):
+    good = str(checkpoints["mlp"])
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(checkpoints["mlp"].read_bytes()[:1000])
+    err = error_exit(capsys, "--ckpt_path", str(corrupt), "--format", "onnx", "--output", str(tmp_path / "m.onnx"))
+    assert err.startswith("error: checkpoint") and "corrupt.ckpt" in err
+    err = error_exit(capsys, "--ckpt_path", good, "--format", "tflite", "--output", str(tmp_path / "m.tflite"))
+    assert "error: argument --format: invalid choice: 'tflite'" in err and "onnx" in err
+    err = error_exit(capsys, "--ckpt_path", good, "--format", "onnx", "--output", str(tmp_path / "nodir" / "m.onnx"))
+    assert err.startswith("error: --output") and "nodir" in err and "does not exist" in err
+    err = error_exit(capsys, "--ckpt_path", good, "--format", "onnx", "--output", str(tmp_path))
+    assert err.startswith("error: --output") and "is a folder" in err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["corrupt.ckpt"]
+
+
+def test_failed_export_leaves_previous_file(tmp_path, checkpoints, monkeypatch):
+    output = tmp_path / "model.pt"
+    output.write_bytes(b"previous")
+
+    def fail(*args: object, **kwargs: object) -> None:
+        Path(args[1]).write_bytes(b"half a fi")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch.jit, "save", fail)
+    with pytest.raises(SystemExit), pytest.warns(FutureWarning):
+        export(checkpoints["mlp"], "torchscript", output)
+    assert output.read_bytes() == b"previous"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model.pt"]
+
+
+@pytest.mark.slow
+def test_entry_point_subprocess(tmp_path, checkpoints):
+    result = run_python(
+        "-m", "proj.export", "--ckpt_path", str(checkpoints["cnn"]), "--format", "onnx", "--output", "m.onnx"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Exported CNNClassifier" in result.stdout
+    assert (tmp_path / "m.onnx").is_file()
