@@ -185,3 +185,10 @@ def test_missing_data_dir_in_subprocess(tmp_path):
     assert "--data.data_dir" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "logs").exists()
+
+
+def test_disabling_progress_bar_and_summary_drops_the_default_rich_callbacks(mnist_dir):
+    cli = build_cli(mnist_dir, "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false")
+    assert cli.trainer.progress_bar_callback is None
+    assert not any(isinstance(callback, (RichProgressBar, RichModelSummary)) for callback in cli.trainer.callbacks)
+    assert any(isinstance(callback, PredictionGrid) for callback in cli.trainer.callbacks)  # the others stay

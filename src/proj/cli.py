@@ -140,10 +140,29 @@ class ProjCLI(LightningCLI):
         return False
 
     def before_instantiate_classes(self) -> None:
+        config = self.config if self.subcommand is None else self.config[self.subcommand]
+        self._drop_disabled_callbacks(config.trainer)
+        if self.subcommand == "fit":
+            self._continue_run(config)
+
+    @staticmethod
+    def _drop_disabled_callbacks(trainer: Namespace) -> None:
+        """`--trainer.enable_progress_bar false` (or `enable_model_summary`) also removes the default Rich one,
+        which Lightning would otherwise refuse as a contradiction."""
+        disabled = [
+            name
+            for flag, name in (("enable_progress_bar", "ProgressBar"), ("enable_model_summary", "ModelSummary"))
+            if trainer.get(flag) is False
+        ]
+        callbacks = trainer.get("callbacks") or []
+        trainer.callbacks = [
+            callback
+            for callback in callbacks
+            if not any(str(getattr(callback, "class_path", "")).endswith(name) for name in disabled)
+        ]
+
+    def _continue_run(self, config: Namespace) -> None:
         """A fit resumed from a checkpoint of a run under the logger's folder continues in that run's folder."""
-        if self.subcommand != "fit":
-            return
-        config = self.config[self.subcommand]
         if (ckpt_path := self._checkpoint_file(config)) is not None:
             run = ckpt_path.resolve().parent.parent
             if self._logger_root(config) == run.parent and run.name.startswith("version_"):
@@ -204,7 +223,8 @@ class ProjCLI(LightningCLI):
         results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
         accuracy = results[0]["test/acc"]
         source = f"best checkpoint {best}" if best else "final weights (no checkpoint was saved)"
-        print(f"Test accuracy: {accuracy:.2%} ({source})")
+        if self.trainer.is_global_zero:
+            print(f"Test accuracy: {accuracy:.2%} ({source})")
 
 
 def main(args: ArgsType = None) -> None:
