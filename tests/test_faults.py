@@ -101,8 +101,13 @@ def test_kill_while_writing_last_ckpt_leaves_a_resumable_run(uninterrupted, mnis
     checkpoints = logs / "mnist" / "version_0" / "checkpoints"
     assert checkpoint(checkpoints / "last.ckpt")["global_step"] == STEPS_PER_EPOCH  # the previous one, whole
 
-    resumed = resume(logs / "mnist" / "version_0")
+    # An explicit path works as `last` does (and continues in the run's folder too).
+    run = logs / "mnist" / "version_0"
+    resumed = proj(
+        "--config", str(run / "config.yaml"), "--ckpt_path", str(checkpoints / "last.ckpt"), "--trainer.callbacks=[]"
+    )
     assert resumed.returncode == 0, resumed.stderr
+    assert sorted(path.name for path in (logs / "mnist").iterdir()) == ["version_0"]
     assert_same_weights(checkpoints / "last.ckpt", reference)
 
 

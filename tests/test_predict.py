@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+import proj.cli
 import proj.predict
 from conftest import NUM_TRAIN, VAL_SIZE, datamodule, run_fit, run_python
 from proj.checkpoints import load_classifier
@@ -235,11 +236,16 @@ def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         return list(reader.fieldnames or []), list(reader)
 
 
-def test_cli_writes_csv(tmp_path, capsys, mlp_checkpoint):
+@pytest.mark.parametrize("entry", ["proj.predict", "python -m proj predict"])
+def test_cli_writes_csv(tmp_path, capsys, mlp_checkpoint, entry):
     paths = write_inputs(tmp_path / "in")
     output = tmp_path / "out" / "predictions.csv"
     output.parent.mkdir()
-    proj.predict.main(["--ckpt_path", str(mlp_checkpoint), "--input", str(tmp_path / "in"), "--output", str(output)])
+    args = ["--ckpt_path", str(mlp_checkpoint), "--input", str(tmp_path / "in"), "--output", str(output)]
+    if entry == "proj.predict":
+        proj.predict.main(args)
+    else:  # the full CLI hands `predict --input ...` to proj.predict
+        proj.cli.main(["predict", *args])
     header, rows = read_csv(output)
     assert header == ["path", "prediction", "confidence", *(f"p{index}" for index in range(10)), "error"]
     assert [row["path"] for row in rows] == [str(path) for path in paths]
