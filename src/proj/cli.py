@@ -7,20 +7,17 @@ file sets defaults (model, logger, callbacks), adds `--test_after_fit`, makes ru
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 from jsonargparse import ArgumentError, Namespace
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from torch.cuda import is_available as cuda_ok
 
 from proj.callbacks.checkpoint import ResumableCheckpoint
 from proj.callbacks.preemption import Preemption
@@ -28,7 +25,7 @@ from proj.callbacks.rng_state import RNGState
 from proj.callbacks.run_record import RunRecord
 from proj.checkpoints import AtomicCheckpointIO, check_checkpoint, find_last, read_checkpoint
 from proj.data import MNISTDataModule
-from proj.errors import UserError, summarize_parse_error
+from proj.errors import UserError, exit_on_user_error, summarize_parse_error
 from proj.models import ImageClassifier
 
 DEFAULTS = {
@@ -239,16 +236,10 @@ def main(args: ArgsType = None) -> None:
 
         predict_images(argv[1:])
         return
-    try:
-        ProjCLI(args=args)
-    except (UserError, MisconfigurationException) as err:
-        message = str(err)
-        if isinstance(err, MisconfigurationException) and re.search("gpu|cuda", message, re.I) and not cuda_ok():
-            message += " This machine has no GPU torch can use: run with --trainer.accelerator cpu (or auto)."
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-    except ArgumentError as err:
-        print(f"error: {summarize_parse_error(str(err))}", file=sys.stderr)
-        sys.exit(2)
-    except SIGTERMException:
-        sys.exit(143)
+    with exit_on_user_error():
+        try:
+            ProjCLI(args=args)
+        except ArgumentError as err:
+            raise UserError(summarize_parse_error(str(err))) from None
+        except SIGTERMException:
+            sys.exit(143)

@@ -1,10 +1,34 @@
-"""What the user sees when their input is wrong: one exception type, and short parser errors."""
+"""What the user sees when their input is wrong: one exception type, one way to report it, short parser errors."""
 
 import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 
 class UserError(Exception):
     """A problem the user can fix (a path, a file, a value); the CLI prints it without a traceback."""
+
+
+@contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """Every entry point's ending for input the user can fix: `error: ...` on stderr, exit status 2.
+
+    Lightning reports bad Trainer settings as MisconfigurationException; a GPU asked for where torch sees
+    none gets the fix appended.
+    """
+    try:
+        yield
+    except (UserError, MisconfigurationException) as err:
+        message = str(err)
+        asks_for_gpu = isinstance(err, MisconfigurationException) and re.search("gpu|cuda", message, re.I)
+        if asks_for_gpu and not torch.cuda.is_available():
+            message += " This machine has no GPU torch can use: run with --trainer.accelerator cpu (or auto)."
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
 
 
 # jsonargparse explains a bad flag or config key as a tree of union alternatives, tens of lines long.

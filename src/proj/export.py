@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import warnings
 from importlib.util import find_spec
 from pathlib import Path
@@ -27,7 +26,7 @@ from torch import nn
 from proj.checkpoints import load_classifier
 from proj.data.images import SIZE
 from proj.data.mnist import MEAN, STD
-from proj.errors import UserError
+from proj.errors import UserError, exit_on_user_error
 from proj.models import ImageClassifier
 from proj.outputs import atomic_output, check_output
 
@@ -124,11 +123,8 @@ def run(options: argparse.Namespace) -> None:
 
 def main(args: list[str] | None = None) -> None:
     """Run from the command line; a problem the user can fix exits with its message and status 2."""
-    try:
+    with exit_on_user_error():
         run(parse_args(args))
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

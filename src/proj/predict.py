@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from torch import nn
 
 from proj.checkpoints import load_classifier
 from proj.data.images import PREPROCESS, SIZE, SUFFIXES, Preprocess, to_mnist
-from proj.errors import UserError
+from proj.errors import UserError, exit_on_user_error
 from proj.outputs import atomic_output, check_output
 
 Row = dict[str, Any]
@@ -172,11 +171,8 @@ def run(options: argparse.Namespace) -> None:
 
 def main(args: list[str] | None = None) -> None:
     """Run from the command line; a problem the user can fix exits with its message and status 2."""
-    try:
+    with exit_on_user_error():
         run(parse_args(args))
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

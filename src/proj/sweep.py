@@ -27,7 +27,6 @@ from typing import Any, TextIO
 import optuna
 import sqlalchemy
 from jsonargparse import ArgumentParser, Namespace
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -37,7 +36,7 @@ from optuna_integration import PyTorchLightningPruningCallback
 
 from proj.callbacks import HParamsMetrics
 from proj.cli import ProjCLI, expand_short_names
-from proj.errors import UserError, summarize_parse_error
+from proj.errors import UserError, exit_on_user_error, summarize_parse_error
 from proj.models.base import NonFiniteLossError
 from proj.search_space import Override, SearchSpace, cli_args
 
@@ -436,10 +435,8 @@ def main(args: Sequence[str] | None = None) -> None:
     # LightningCLI warns when given `args` while sys.argv holds flags; here the trial's flags are built from them.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     try:
-        run(sys.argv[1:] if args is None else args)
-    except (UserError, MisconfigurationException) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        with exit_on_user_error():
+            run(sys.argv[1:] if args is None else args)
     except KeyboardInterrupt as err:
         print("\nInterrupted: the same command again continues the study.", file=sys.stderr)
         sys.exit(err.status if isinstance(err, Interrupted) else 130)

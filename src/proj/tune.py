@@ -24,7 +24,6 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import torch
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.cli import SaveConfigCallback
@@ -32,7 +31,7 @@ from lightning.pytorch.tuner import Tuner
 from matplotlib.figure import Figure
 
 from proj.cli import ProjCLI
-from proj.errors import UserError
+from proj.errors import UserError, exit_on_user_error
 
 
 def build(fit_args: list[str]) -> ProjCLI:
@@ -304,11 +303,8 @@ def run(argv: Sequence[str]) -> None:
 def main(args: Sequence[str] | None = None) -> None:
     """Run a finder; a problem the user can fix exits with its message and status 2, not a traceback."""
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-    try:
+    with exit_on_user_error():
         run(sys.argv[1:] if args is None else args)
-    except (UserError, MisconfigurationException) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":
