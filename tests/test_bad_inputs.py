@@ -45,6 +45,14 @@ def corrupt_checkpoint(tmp_path: Path, logs: Path) -> Path:
     return bad
 
 
+def bare_checkpoint(tmp_path: Path, logs: Path) -> Path:
+    """The MLP run's checkpoint without its hyperparameters: nothing says which model it needs."""
+    checkpoint = torch.load(mlp_checkpoint(logs), weights_only=True)
+    del checkpoint["hyper_parameters"]
+    torch.save(checkpoint, tmp_path / "bare.ckpt")
+    return tmp_path / "bare.ckpt"
+
+
 def unknown_key_config(tmp_path: Path, logs: Path) -> Path:
     config = tmp_path / "typo.yaml"
     config.write_text("model:\n  class_path: proj.models.MLPClassifier\n  init_args:\n    hiden_sizes: [32]\n")
@@ -103,6 +111,10 @@ CATALOGUE = {
     "checkpoint of the other model class": (
         lambda tmp, logs: ["--model", "CNNClassifier", "--ckpt_path", str(mlp_checkpoint(logs))],
         ["written by proj.models.MLPClassifier", "builds proj.models.CNNClassifier", "--config <run>/config.yaml"],
+    ),
+    "checkpoint whose tensors do not fit the model": (
+        lambda tmp, logs: ["--model", "CNNClassifier", "--ckpt_path", str(bare_checkpoint(tmp, logs))],
+        ["bare.ckpt", "does not fit this CNNClassifier", "--config <its run>/config.yaml"],
     ),
     "config file with an unknown key": (
         lambda tmp, logs: ["--config", str(unknown_key_config(tmp, logs))],

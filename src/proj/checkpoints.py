@@ -92,15 +92,8 @@ def classifier_class(checkpoint: dict[str, Any], path: str | Path) -> type[Image
     return cls
 
 
-def check_checkpoint(path: str | Path, model: ImageClassifier) -> None:
-    """Fail before a run starts if the checkpoint is unreadable or holds another model than `model`."""
-    checkpoint = read_checkpoint(path)
-    written_by = checkpoint.get("hyper_parameters", {}).get("_class_path")
-    if isinstance(written_by, str) and written_by.rpartition(".")[2] != type(model).__name__:
-        raise UserError(
-            f"checkpoint {str(path)!r} was written by {written_by}, but this run builds {type(model).__name__}: "
-            f"pass that run's --config <run>/config.yaml (or --model {written_by.rpartition('.')[2]} and its settings)."
-        )
+def check_fits(checkpoint: dict[str, Any], path: str | Path, model: ImageClassifier) -> None:
+    """Fail before a run starts if the checkpoint's tensors do not fit `model` (names and shapes)."""
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     found = {key: tuple(value.shape) for key, value in checkpoint["state_dict"].items() if hasattr(value, "shape")}
     if mismatched := sorted(key for key in expected.keys() & found.keys() if expected[key] != found[key]):

@@ -23,7 +23,7 @@ from proj.callbacks.checkpoint import ResumableCheckpoint
 from proj.callbacks.preemption import Preemption
 from proj.callbacks.rng_state import RNGState
 from proj.callbacks.run_record import RunRecord
-from proj.checkpoints import AtomicCheckpointIO, check_checkpoint, find_last, read_checkpoint
+from proj.checkpoints import AtomicCheckpointIO, check_fits, find_last, read_checkpoint
 from proj.data import MNISTDataModule
 from proj.errors import UserError, exit_on_user_error, summarize_parse_error
 from proj.models import ImageClassifier
@@ -112,12 +112,14 @@ class ProjCLI(LightningCLI):
         given, silently wrong when one was (`--config configs/cnn.yaml` with an MLP's checkpoint). Then
         the run stops and says so.
         """
+        self.checkpoint: dict[str, Any] | None = None  # read once here, checked against the model before the run
         if self.config.get("subcommand"):
             config = self.config[self.config.subcommand]
             if config.get("ckpt_path") == "last":
                 config.ckpt_path = str(self._find_last(config))
             if (path := self._checkpoint_file(config)) is not None:
-                written_by = read_checkpoint(path).get("hyper_parameters", {}).get("_class_path")
+                self.checkpoint = read_checkpoint(path)
+                written_by = self.checkpoint.get("hyper_parameters", {}).get("_class_path")
                 asked_for = config.model.class_path
                 if written_by and written_by != asked_for and self._model_given(config):
                     raise UserError(
@@ -205,8 +207,8 @@ class ProjCLI(LightningCLI):
         """Inputs that would fail only once the run has started (and written its folder) fail now."""
         if isinstance(self.datamodule, MNISTDataModule):
             self.datamodule.check()
-        if (ckpt_path := self._checkpoint_file(self.config[self.subcommand])) is not None:
-            check_checkpoint(ckpt_path, self.model)
+        if self.checkpoint is not None:
+            check_fits(self.checkpoint, self.config[self.subcommand].ckpt_path, self.model)
         if self.subcommand == "fit":
             self.model.configure_optimizers()
 
