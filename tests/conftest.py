@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import torchvision
 from lightning.pytorch import Trainer
 
@@ -100,8 +102,29 @@ def build_cli(data_dir: Path, *args: str) -> ProjCLI:
 
 
 def run_python(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """A fresh interpreter with src/ importable, in the current (temporary) folder."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
+    """A fresh interpreter with src/ and tests/ (fault injection) importable, in the current (temporary) folder."""
+    paths = [str(ROOT / "src"), str(ROOT / "tests"), os.environ.get("PYTHONPATH")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
     return subprocess.run(
         [sys.executable, *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
     )
+
+
+def user_error(capsys: pytest.CaptureFixture[str], main: Callable[[list[str]], None], *args: str) -> str:
+    """stderr of an entry point that must exit 2, without a traceback, on a problem the user can fix."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Tiny models on a shared 2-core machine: one thread avoids OpenMP threads waiting on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import proj.export
-from conftest import run_python
+from conftest import run_python, user_error
 from proj.checkpoints import load_classifier
 from proj.data.mnist import MEAN, STD
 from test_predict import TINY_MODELS, trained_checkpoint
@@ -81,13 +81,7 @@ def test_torchscript_matches_pytorch(tmp_path, checkpoints, model):
 
 
 def error_exit(capsys: pytest.CaptureFixture[str], *args: str) -> str:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        proj.export.main(list(args))
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return err
+    return user_error(capsys, proj.export.main, *args)
 
 
 def test_user_errors_exit_2(tmp_path, capsys, checkpoints):

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import ROOT, VAL_SIZE
+from conftest import VAL_SIZE, run_python
 
 pytestmark = pytest.mark.slow
 TESTS = Path(__file__).resolve().parent
@@ -21,11 +19,9 @@ STEPS_PER_EPOCH = 32  # 500 training images (600 - VAL_SIZE) in batches of 16
 EPOCHS = 3
 
 
-def proj(*args: str, module: str = "proj.fit", timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """A fresh `python -m proj.fit` (or another entry point), with tests/ importable for the fault callbacks."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(TESTS)])}
-    command = [sys.executable, "-m", module, *args] if module else [sys.executable, *args]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, check=False)
+def proj(*args: str, module: str = "proj.fit") -> subprocess.CompletedProcess[str]:
+    """A fresh `python -m proj.fit` (or another entry point, or a script when `module` is empty)."""
+    return run_python(*(("-m", module) if module else ()), *args, timeout=600)
 
 
 def fit_args(data_dir: Path, logs: Path, *extra: str, callbacks: list[dict] | None = None) -> list[str]:

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 
 import proj.cli
 import proj.predict
-from conftest import NUM_TRAIN, VAL_SIZE, datamodule, run_fit, run_python
+from conftest import NUM_TRAIN, VAL_SIZE, datamodule, run_fit, run_python, user_error
 from proj.checkpoints import load_classifier
 from proj.data.images import MAX_SIDE, read_gray, to_mnist
 from proj.data.mnist import MEAN, STD
@@ -288,13 +288,7 @@ def test_files_predict_as_the_model_does_on_the_dataset(tmp_path, mnist_dir, mlp
 
 
 def error_exit(capsys: pytest.CaptureFixture[str], *args: str) -> str:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        proj.predict.main(list(args))
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return err
+    return user_error(capsys, proj.predict.main, *args)
 
 
 def test_user_errors_exit_2(tmp_path, capsys, mlp_checkpoint):

@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 import proj.tune
 from conftest import MODEL_CONFIGS, build_cli, tiny_run_args
@@ -14,13 +13,7 @@ from conftest import MODEL_CONFIGS, build_cli, tiny_run_args
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids OpenMP threads waiting on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fit_args(mnist_dir: Path, tmp_path: Path, model: str = "mlp") -> list[str]:
