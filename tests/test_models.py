@@ -13,6 +13,7 @@ from lightning.pytorch.utilities.model_summary import ModelSummary
 from torch import nn
 
 from conftest import MODEL_CONFIGS, datamodule, quick_trainer, run_fit, run_python
+from proj.errors import UserError
 from proj.models import CNNClassifier, ImageClassifier, MLPClassifier
 
 
@@ -26,6 +27,7 @@ from proj.models import CNNClassifier, ImageClassifier, MLPClassifier
         (CNNClassifier, {}),
         (CNNClassifier, {"channels": (8,), "hidden_size": 16, "batch_norm": False}),
         (CNNClassifier, {"channels": (4, 8, 16), "hidden_size": 32, "num_classes": 5}),
+        (CNNClassifier, {"channels": (4, 8), "hidden_size": 16, "convs_per_stage": 2}),
     ],
 )
 @pytest.mark.parametrize("training", [True, False])
@@ -52,6 +54,19 @@ def test_cnn_parameter_count():
     small = CNNClassifier(channels=(4, 8, 16), hidden_size=32, batch_norm=False)
     conv = 1 * 4 * 9 + 4 + 4 * 8 * 9 + 8 + 8 * 16 * 9 + 16
     assert count(small) == conv + 16 * 3 * 3 * 32 + 32 + 32 * 10 + 10  # 28 -> 14 -> 7 -> 3
+
+
+def test_cnn_convs_per_stage_stacks_convolutions_before_each_pool():
+    vgg = CNNClassifier(channels=(4, 8), hidden_size=16, batch_norm=False, convs_per_stage=2)
+    conv = (1 * 4 * 9 + 4) + (4 * 4 * 9 + 4) + (4 * 8 * 9 + 8) + (8 * 8 * 9 + 8)  # the second of a stage keeps width
+    assert count(vgg) == conv + 8 * 7 * 7 * 16 + 16 + 16 * 10 + 10  # still one pool per stage: 28 -> 7
+    kinds = [type(m).__name__ for m in vgg.net]
+    assert kinds[:7] == ["Conv2d", "ReLU", "Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU"]
+
+
+def test_cnn_refuses_zero_convs_per_stage():
+    with pytest.raises(UserError, match="convs_per_stage must be at least 1, got 0"):
+        CNNClassifier(convs_per_stage=0)
 
 
 def test_trainable_and_frozen_counts():
