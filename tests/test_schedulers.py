@@ -10,6 +10,7 @@ import yaml
 import proj.cli
 import proj.schedulers
 from conftest import MODEL_CONFIGS, SCHEDULER_CONFIGS, build_cli, datamodule, quick_trainer
+from proj.errors import UserError
 from proj.models import MLPClassifier
 from proj.schedulers import WarmupDecay
 
@@ -152,3 +153,29 @@ def test_plateau_lowers_lr_when_val_loss_stalls(mnist_dir, patience, reductions)
     trainer = quick_trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=1)
     trainer.fit(model, datamodule=datamodule(mnist_dir))
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-4 * 0.5**reductions)
+
+
+one_cycle = functools.partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.1, total_steps=None, final_div_factor=10)
+
+
+@pytest.mark.parametrize(("interval", "expected_steps"), [("epoch", 3), ("step", 6)])
+def test_one_cycle_without_total_steps_spans_the_run(mnist_dir, interval, expected_steps):
+    """Lightning's run length fills in total_steps: the schedule ends on the last step, whatever the batches."""
+    model = sgd_model(scheduler=one_cycle, scheduler_interval=interval)
+    trainer = quick_trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=0)
+    trainer.fit(model, datamodule=datamodule(mnist_dir))
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    assert scheduler.total_steps == expected_steps
+    assert scheduler.last_epoch == expected_steps  # stepped as often as it allows: no "Tried to step" error
+
+
+def test_one_cycle_with_total_steps_keeps_it():
+    model = sgd_model(scheduler=functools.partial(one_cycle, total_steps=50), scheduler_interval="step")
+    assert model.configure_optimizers()["lr_scheduler"]["scheduler"].total_steps == 50
+
+
+def test_one_cycle_refuses_a_run_without_end(mnist_dir):
+    model = sgd_model(scheduler=one_cycle, scheduler_interval="step")
+    trainer = quick_trainer(max_epochs=-1)
+    with pytest.raises(UserError, match=r"this run has no end.*--trainer.max_epochs or --model.scheduler.init_args"):
+        trainer.fit(model, datamodule=datamodule(mnist_dir))

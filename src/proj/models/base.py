@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
@@ -29,7 +30,8 @@ class ImageClassifier(LightningModule):
         num_classes: size of the output layer.
         optimizer: builds the optimizer from the parameters, e.g. `--model.optimizer SGD
             --model.optimizer.lr 0.1`.
-        scheduler: builds a learning-rate scheduler from the optimizer; none keeps the rate constant.
+        scheduler: builds a learning-rate scheduler from the optimizer; none keeps the rate constant. A
+            OneCycleLR without `total_steps` spans the whole run.
         scheduler_interval: step the scheduler after every "epoch" or every optimizer "step".
         label_smoothing: share of each training target spread over all classes (0 = one-hot), which
             keeps the model from growing over-confident; evaluation losses stay plain cross-entropy.
@@ -138,7 +140,7 @@ class ImageClassifier(LightningModule):
         if self.scheduler_callable is None:
             return optimizer
         try:
-            scheduler = self.scheduler_callable(optimizer)
+            scheduler = self.scheduler_callable(optimizer, **self._run_length())
         except ValueError as err:
             raise UserError(f"scheduler: {err}; set it with --model.scheduler.init_args.NAME.") from err
         config: dict[str, Any] = {"scheduler": scheduler, "interval": self.hparams["scheduler_interval"]}
@@ -150,6 +152,27 @@ class ImageClassifier(LightningModule):
                     f"--model.scheduler.init_args.monitor to one of {', '.join(self.logged_metrics)}."
                 )
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def _run_length(self) -> dict[str, int]:
+        """`total_steps` for a schedule that spans the run (OneCycleLR) when the config leaves it out.
+
+        Lightning knows the run's length (epochs x batches, after `limit_train_batches` and gradient
+        accumulation), so a config need not hard-code it and survives a change of batch size or epochs.
+        A scheduler built from a config is a `functools.partial` whose keywords hold every argument.
+        """
+        arguments = getattr(self.scheduler_callable, "keywords", {})
+        if arguments.get("total_steps", 0) is not None or arguments.get("epochs") is not None:
+            return {}
+        if self._trainer is None:  # checked before the run: any length validates the other arguments
+            return {"total_steps": 1}
+        by_epoch = self.hparams["scheduler_interval"] == "epoch"
+        steps = self.trainer.max_epochs if by_epoch else self.trainer.estimated_stepping_batches
+        if steps is None or not 0 < steps < math.inf:
+            raise UserError(
+                "the scheduler spans the whole run, but this run has no end (max_epochs -1): set "
+                "--trainer.max_epochs or --model.scheduler.init_args.total_steps."
+            )
+        return {"total_steps": int(steps)}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # torch.load(weights_only=True) refuses arbitrary objects. Built from a config, the optimizer and
