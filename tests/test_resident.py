@@ -242,6 +242,51 @@ def test_resumed_run_replays_the_epoch():
         assert torch.equal(mine, theirs)
 
 
+def test_resume_at_goes_on_mid_epoch_with_the_batches_not_yet_seen():
+    """After a mid-epoch checkpoint (SIGTERM): the rest of that epoch, augmentation included, then whole epochs."""
+    uninterrupted = loader(30, shuffle=True, augment=AUGMENT, seed=11)
+    uninterrupted.set_epoch(2)
+    batches = list(uninterrupted)
+    assert uninterrupted.position == len(batches) == 8
+    resumed = loader(30, shuffle=True, augment=AUGMENT, seed=11)
+    resumed.set_epoch(2)
+    resumed.resume_at = {2: 3}
+    rest = list(resumed)
+    assert len(rest) == 5
+    for (images, labels), (their_images, their_labels) in zip(rest, batches[3:], strict=True):
+        assert torch.equal(labels, their_labels)
+        assert torch.equal(images, their_images)
+    assert resumed.position == 8
+    assert len(list(resumed)) == 8  # once only: iterating again gives the whole epoch
+
+
+def test_resume_at_another_epoch_is_ignored():
+    resumed = loader(30, shuffle=True, seed=11)
+    resumed.resume_at = {0: 8}  # an end-of-epoch checkpoint of epoch 0; Lightning goes on with epoch 1
+    resumed.set_epoch(1)
+    assert len(list(resumed)) == 8
+
+
+def test_datamodule_checkpoints_the_train_position(mnist_dir):
+    """state_dict() is what Lightning saves in a checkpoint, load_state_dict() what it hands back on resume."""
+    data = datamodule(mnist_dir)
+    data.setup("fit")
+    train = data.train_dataloader()
+    train.set_epoch(1)
+    batches = iter(train)
+    for _ in range(4):
+        next(batches)
+    state = data.state_dict()
+    assert state == {"epoch": 1, "batches": 4}
+    fresh = datamodule(mnist_dir)
+    fresh.load_state_dict(state)
+    fresh.setup("fit")
+    rest = fresh.train_dataloader()
+    rest.set_epoch(1)
+    assert len(list(rest)) == len(train) - 4
+    assert datamodule(mnist_dir, pipeline="torchvision").state_dict() == {}  # its DataLoader cannot resume
+
+
 @pytest.mark.parametrize("count", [7, 11])
 @pytest.mark.parametrize("world_size", [1, 2, 3])
 def test_unshuffled_shards_follow_distributed_sampler(count, world_size):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import pickle
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -82,6 +83,8 @@ class MNISTDataModule(LightningDataModule):
         self.train_set: Split | None = None
         self.val_set: Split | None = None
         self.test_set: Split | None = None
+        self._train_loader: DataLoader | ResidentLoader | None = None
+        self._resume_at: dict[int, int] = {}  # from a checkpoint: {epoch: batches already trained}
 
     @property
     def raw_dir(self) -> Path:
@@ -252,7 +255,27 @@ class MNISTDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader | ResidentLoader:
-        return self._loader(self.train_set, train=True)
+        self._train_loader = self._loader(self.train_set, train=True)
+        if isinstance(self._train_loader, ResidentLoader):
+            self._train_loader.resume_at, self._resume_at = self._resume_at, {}
+        return self._train_loader
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the training epoch stands, saved in every checkpoint (resident pipeline).
+
+        A fit resumed from a mid-epoch checkpoint (SIGTERM) then goes on with the batches that epoch had not
+        trained on, as an uninterrupted run would; Lightning alone would replay the epoch from its start.
+        """
+        if not isinstance(self._train_loader, ResidentLoader):
+            return {}
+        return {"epoch": self._train_loader.epoch, "batches": self._train_loader.position}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        # Lightning warns that a mid-epoch resume replays batches unless the *loader* is stateful; ours resumes.
+        warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before the epoch ended")
+        self._resume_at = {state_dict["epoch"]: state_dict["batches"]}
+        if isinstance(self._train_loader, ResidentLoader):  # built before the restore (some strategies)
+            self._train_loader.resume_at = self._resume_at
 
     def val_dataloader(self) -> DataLoader | ResidentLoader:
         return self._loader(self.val_set)

@@ -35,8 +35,9 @@ def random_affine(images: Tensor, degrees: float, translate: float, generator: t
 class ResidentLoader:
     """An iterable of normalised (images, labels) batches, or images alone when `labels` is None.
 
-    The order and the augmentation of an epoch are functions of (seed, epoch) alone, so a resumed run
-    replays exactly the batches an uninterrupted one would see. With `world_size` > 1 each rank iterates a
+    The order of an epoch is a function of (seed, epoch), a batch's augmentation of (seed, epoch, rank,
+    batch number), so a resumed run replays exactly the batches an uninterrupted one would see, from the
+    start of an epoch or, after `resume_at`, from the middle. With `world_size` > 1 each rank iterates a
     disjoint shard covering the split, padded by wrapping around as DistributedSampler does.
     """
 
@@ -58,16 +59,18 @@ class ResidentLoader:
         self.shuffle, self.augment, self.seed = shuffle, augment, seed
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        self.position = 0  # batches of the current epoch handed out so far
+        self.resume_at: dict[int, int] = {}  # {epoch: batches already trained}, for one mid-epoch restart
         # Lightning reads these two as on a DataLoader, and calls `sampler.set_epoch(epoch)` every epoch.
         self.sampler, self.batch_sampler = self, None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _generator(self, device: torch.device | str, rank: int) -> torch.Generator:
-        """A reproducible stream per (seed, epoch, rank); rank -1 is the one all ranks share."""
-        seed = ((self.seed * 1_000_003 + self.epoch) * 1_009 + rank + 1) % 2**63  # manual_seed takes < 2**63
-        return torch.Generator(device=device).manual_seed(seed)
+    def _generator(self, device: torch.device | str, rank: int, batch: int = 0) -> torch.Generator:
+        """A reproducible stream per (seed, epoch, rank, batch); rank -1 is the one all ranks share."""
+        seed = (((self.seed * 1_000_003 + self.epoch) * 1_009 + rank + 1) * 1_000_003 + batch) % 2**63
+        return torch.Generator(device=device).manual_seed(seed)  # manual_seed takes < 2**63
 
     def indices(self) -> Tensor:
         """This rank's sample indices for the current epoch, in order."""
@@ -85,11 +88,14 @@ class ResidentLoader:
         return math.ceil(math.ceil(len(self.images) / self.world_size) / self.batch_size)
 
     def __iter__(self) -> Iterator[Tensor | tuple[Tensor, Tensor]]:
-        order = self.indices().to(self.images.device)
-        generator = self._generator(self.images.device, rank=self.rank) if self.augment else None
-        for batch in order.split(self.batch_size):
+        start, self.resume_at = self.resume_at.get(self.epoch, 0), {}
+        batches = self.indices().to(self.images.device).split(self.batch_size)
+        self.position = start
+        for number, batch in enumerate(batches[start:], start):
             images = self.images.index_select(0, batch).unsqueeze(1).float()  # half the time of images[batch]
-            if self.augment and generator is not None:
+            if self.augment:
+                generator = self._generator(self.images.device, self.rank, number)
                 images = random_affine(images, generator=generator, **self.augment)
             images = images.mul_(1 / (255 * self.std)).sub_(self.mean / self.std)  # (x/255 - mean) / std
+            self.position = number + 1
             yield images if self.labels is None else (images, self.labels.index_select(0, batch))
