@@ -72,6 +72,7 @@ CATALOGUE = {
     "zero batch size": (["--data.batch_size", "0"], ["got 0", "--data.batch_size"]),
     "negative batch size": (["--data.batch_size", "-8"], ["got -8", "--data.batch_size"]),
     "non-integer batch size": (["--data.batch_size", "many"], ["--data.batch_size", "'many'"]),
+    "zoom of 100% or more": (["--data.augment_scale", "1.5"], ["got 1.5", "[0, 1)", "--data.augment_scale"]),
     "val_size covers the training set": (
         ["--data.val_size", str(NUM_TRAIN)],
         [f"val_size {NUM_TRAIN}", f"out of {NUM_TRAIN}", "--data.val_size"],

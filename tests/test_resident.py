@@ -189,6 +189,26 @@ def test_random_affine_rotates_up_to_degrees():
     assert moved.sum(dim=(1, 2, 3)).sub(images[0].sum()).abs().max() < 0.5  # the bar stays inside the frame
 
 
+def test_random_affine_zooms_up_to_scale():
+    images = bar_image().repeat(256, 1, 1, 1)
+    moved = random_affine(images, degrees=0.0, translate=0.0, scale=0.2, generator=torch.Generator().manual_seed(0))
+    area = moved.sum(dim=(1, 2, 3)) / images[0].sum()  # a zoom by z multiplies the bar's area by z**2
+    assert area.min() >= 0.8**2 - 0.02 and area.max() <= 1.2**2 + 0.02
+    assert area.min() < 0.7 and area.max() > 1.3  # the whole range is used, shrinking and enlarging
+    torch.testing.assert_close(principal_angle(moved), torch.zeros(256), atol=0.1, rtol=0)  # no rotation
+
+
+def test_datamodule_passes_augment_scale_to_both_pipelines(mnist_dir):
+    resident = datamodule(mnist_dir, augment=True, augment_scale=0.15)
+    assert resident.augmentation == {**AUGMENT, "scale": 0.15}
+    resident.setup("fit")
+    assert resident.train_dataloader().augment == resident.augmentation
+    assert resident.val_dataloader().augment is None
+    affine = resident.transform(train=True).transforms[1]
+    assert affine.scale == (0.85, 1.15) and affine.degrees == [-AUGMENT["degrees"], AUGMENT["degrees"]]
+    assert datamodule(mnist_dir, augment_scale=0.15).augmentation is None  # only when augmenting
+
+
 # The loader: seeded order and augmentation, shards, length, bare images.
 
 

@@ -48,6 +48,8 @@ class MNISTDataModule(LightningDataModule):
         batch_size: images per optimizer step (and per evaluation batch).
         val_size: training images held out for validation.
         augment: random small rotations and shifts of training images, drawn anew every epoch.
+        augment_scale: when augmenting, also zoom each image by a random factor in [1 - s, 1 + s]: digits
+            are written at different sizes, and the test set's writers are not the training set's.
         pipeline: "resident" or "torchvision", see above.
         num_workers: loader subprocesses decoding images while the model trains (torchvision pipeline).
         pin_memory: page-locked batches, for faster copies to a GPU (torchvision pipeline).
@@ -62,6 +64,7 @@ class MNISTDataModule(LightningDataModule):
         batch_size: int = 128,
         val_size: int = 5000,
         augment: bool = False,
+        augment_scale: float = 0.0,
         pipeline: Literal["resident", "torchvision"] = "resident",
         num_workers: int = 2,
         pin_memory: bool = False,
@@ -75,6 +78,8 @@ class MNISTDataModule(LightningDataModule):
             raise UserError(f"batch_size must be at least 1, got {batch_size}: set --data.batch_size.")
         if val_size < 1:
             raise UserError(f"val_size must be at least 1, got {val_size}: set --data.val_size.")
+        if not 0 <= augment_scale < 1:
+            raise UserError(f"augment_scale must be in [0, 1), got {augment_scale}: set --data.augment_scale.")
         if persistent_workers and num_workers < 1:
             raise UserError("persistent_workers needs num_workers >= 1: set --data.num_workers.")
         self.save_hyperparameters()
@@ -94,11 +99,19 @@ class MNISTDataModule(LightningDataModule):
     def cache_path(self) -> Path:
         return self.data_dir / "MNIST" / "resident-uint8.pt"
 
+    @property
+    def augmentation(self) -> dict[str, float] | None:
+        """The random affine moves of training images (`random_affine`'s arguments), or None without them."""
+        if not self.hparams["augment"]:
+            return None
+        return {**AUGMENT, "scale": self.hparams["augment_scale"]}
+
     def transform(self, train: bool) -> v2.Transform:
         """Pixels to normalised float tensors; training images first get random small affine moves."""
         steps: list[v2.Transform] = [v2.ToImage()]
-        if train and self.hparams["augment"]:
-            steps.append(v2.RandomAffine(degrees=AUGMENT["degrees"], translate=(AUGMENT["translate"],) * 2))
+        if train and (moves := self.augmentation) is not None:
+            translate, scale = (moves["translate"],) * 2, (1 - moves["scale"], 1 + moves["scale"])
+            steps.append(v2.RandomAffine(degrees=moves["degrees"], translate=translate, scale=scale))
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize([MEAN], [STD])]
         return v2.Compose(steps)
 
@@ -240,7 +253,9 @@ class MNISTDataModule(LightningDataModule):
                 mean=MEAN,
                 std=STD,
                 shuffle=train,
-                augment=AUGMENT if train and self.hparams["augment"] else None,
+                augment={**AUGMENT, "scale": self.hparams["augment_scale"]}
+                if train and self.hparams["augment"]
+                else None,
                 seed=torch.initial_seed(),  # follows seed_everything
                 rank=self.trainer.global_rank if self.trainer is not None else 0,
                 world_size=self.trainer.world_size if self.trainer is not None else 1,

@@ -15,16 +15,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def random_affine(images: Tensor, degrees: float, translate: float, generator: torch.Generator) -> Tensor:
-    """Rotate each image by up to ±`degrees` and shift it by up to ±`translate` of its size, independently.
+def random_affine(
+    images: Tensor, degrees: float, translate: float, generator: torch.Generator, scale: float = 0.0
+) -> Tensor:
+    """Rotate each image by up to ±`degrees`, shift it by up to ±`translate` of its size and zoom it by a
+    factor in [1 - `scale`, 1 + `scale`], independently.
 
     `images` is (B, C, H, W) float; the uncovered border is filled with 0 (MNIST's black background).
     """
     count = images.shape[0]
-    uniform = torch.rand(count, 3, generator=generator, device=images.device) * 2 - 1  # in [-1, 1)
+    uniform = torch.rand(count, 4, generator=generator, device=images.device) * 2 - 1  # in [-1, 1)
     angle = uniform[:, 0] * math.radians(degrees)
-    shift = uniform[:, 1:] * translate * 2  # affine_grid spans [-1, 1]: a fraction f of the size is 2f
-    cos, sin = angle.cos(), angle.sin()
+    shift = uniform[:, 1:3] * translate * 2  # affine_grid spans [-1, 1]: a fraction f of the size is 2f
+    zoom = 1 + uniform[:, 3] * scale  # the grid maps output to input pixels: dividing by it enlarges
+    cos, sin = angle.cos() / zoom, angle.sin() / zoom
     theta = torch.stack(
         [torch.stack([cos, -sin, shift[:, 0]], dim=1), torch.stack([sin, cos, shift[:, 1]], dim=1)], dim=1
     )
