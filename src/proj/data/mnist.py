@@ -253,9 +253,7 @@ class MNISTDataModule(LightningDataModule):
                 mean=MEAN,
                 std=STD,
                 shuffle=train,
-                augment={**AUGMENT, "scale": self.hparams["augment_scale"]}
-                if train and self.hparams["augment"]
-                else None,
+                augment=self.augmentation if train else None,
                 seed=torch.initial_seed(),  # follows seed_everything
                 rank=self.trainer.global_rank if self.trainer is not None else 0,
                 world_size=self.trainer.world_size if self.trainer is not None else 1,
