@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonargparse import ArgumentError, Namespace
+from jsonargparse import Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
@@ -25,7 +25,7 @@ from proj.callbacks.rng_state import RNGState
 from proj.callbacks.run_record import RunRecord
 from proj.checkpoints import AtomicCheckpointIO, check_fits, find_last, read_checkpoint
 from proj.data import MNISTDataModule
-from proj.errors import UserError, exit_on_user_error, summarize_parse_error
+from proj.errors import UserError, exit_on_user_error
 from proj.models import ImageClassifier
 
 DEFAULTS = {
@@ -241,7 +241,5 @@ def main(args: ArgsType = None) -> None:
     with exit_on_user_error():
         try:
             ProjCLI(args=args)
-        except ArgumentError as err:
-            raise UserError(summarize_parse_error(str(err))) from None
         except SIGTERMException:
             sys.exit(143)

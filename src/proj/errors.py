@@ -2,6 +2,7 @@
 
 import re
 import sys
+from argparse import ArgumentError
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -17,13 +18,14 @@ class UserError(Exception):
 def exit_on_user_error() -> Iterator[None]:
     """Every entry point's ending for input the user can fix: `error: ...` on stderr, exit status 2.
 
+    jsonargparse reports a bad flag or config key as an ArgumentError tens of lines long: shortened to one.
     Lightning reports bad Trainer settings as MisconfigurationException; a GPU asked for where torch sees
     none gets the fix appended.
     """
     try:
         yield
-    except (UserError, MisconfigurationException) as err:
-        message = str(err)
+    except (UserError, MisconfigurationException, ArgumentError) as err:
+        message = summarize_parse_error(str(err)) if isinstance(err, ArgumentError) else str(err)
         asks_for_gpu = isinstance(err, MisconfigurationException) and re.search("gpu|cuda", message, re.I)
         if asks_for_gpu and not torch.cuda.is_available():
             message += " This machine has no GPU torch can use: run with --trainer.accelerator cpu (or auto)."

@@ -6,14 +6,11 @@ The same as `python -m proj fit --test_after_fit true`; `--test_after_fit false`
 from __future__ import annotations
 
 import sys
-import warnings
 
 from proj.cli import main as cli_main
 
 
 def main(args: list[str] | None = None) -> None:
-    # LightningCLI warns when it gets both `args` and a command line; here one is built from the other.
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     cli_main(["fit", "--test_after_fit=true", *(sys.argv[1:] if args is None else args)])
 
 

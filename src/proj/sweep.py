@@ -432,8 +432,6 @@ def run(argv: Sequence[str]) -> None:
 
 def main(args: Sequence[str] | None = None) -> None:
     """Run a sweep; a problem the user can fix exits with its message and status 2, not a traceback."""
-    # LightningCLI warns when given `args` while sys.argv holds flags; here the trial's flags are built from them.
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     try:
         with exit_on_user_error():
             run(sys.argv[1:] if args is None else args)

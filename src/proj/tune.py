@@ -17,7 +17,6 @@ import argparse
 import math
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -302,7 +301,6 @@ def run(argv: Sequence[str]) -> None:
 
 def main(args: Sequence[str] | None = None) -> None:
     """Run a finder; a problem the user can fix exits with its message and status 2, not a traceback."""
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     with exit_on_user_error():
         run(sys.argv[1:] if args is None else args)
 
