@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -38,6 +37,7 @@ from proj.callbacks import HParamsMetrics
 from proj.cli import ProjCLI, expand_short_names
 from proj.errors import UserError, exit_on_user_error, summarize_parse_error
 from proj.models.base import NonFiniteLossError
+from proj.outputs import atomic_output
 from proj.search_space import Override, SearchSpace, cli_args
 
 SAMPLERS = ("grid", "random", "tpe")
@@ -244,9 +244,8 @@ class Sweep:
             f"Train it: python -m proj.fit --config {path}",
         ]
         text = "".join(f"# {line}\n" for line in header) + self.parser.dump(config, skip_none=False)
-        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")  # workers may finish at the same time
-        partial.write_text(text)
-        partial.replace(path)
+        with atomic_output(path) as partial:  # per process: workers may finish at the same time
+            partial.write_text(text)
         return path
 
 
