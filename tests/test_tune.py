@@ -69,6 +69,14 @@ def test_batch_size_finder_prints_the_size_and_applies_it(mnist_dir, tmp_path, c
     assert (tmp_path / "tune" / "batch_size.png").read_bytes().startswith(PNG)
 
 
+@pytest.mark.parametrize("finder", ["lr", "batch_size"])
+def test_finders_run_a_config_whose_schedule_spans_the_run(mnist_dir, tmp_path, capsys, finder):
+    """configs/cnn.yaml's OneCycleLR takes its length from the run, which the finders leave to their own steps."""
+    options = {"lr": ["--num_training", "12"], "batch_size": ["--max_val", "8", "--steps_per_trial", "2"]}[finder]
+    proj.tune.main([finder, *fit_args(mnist_dir, tmp_path, "cnn"), *options, "--out_dir", str(tmp_path / "tune")])
+    assert "Plot: " in capsys.readouterr().out
+
+
 def test_batch_size_finder_reports_only_sizes_that_ran(mnist_dir, tmp_path, capsys):
     """Lightning's power mode returns --max_val when it reaches it, without running a step at that size."""
     cli = proj.tune.build(fit_args(mnist_dir, tmp_path))

@@ -39,7 +39,9 @@ def build(fit_args: list[str]) -> ProjCLI:
     callbacks: list[Callback] = cli.trainer.callbacks  # type: ignore[attr-defined]
     callbacks[:] = [c for c in callbacks if not isinstance(c, SaveConfigCallback)]  # it writes config.yaml at setup
     cli.trainer.loggers = []  # the tuner's teardown would flush them: a run folder with nothing in it
-    cli.trainer.fit_loop.max_epochs = -1  # the finder's own step count ends it, not the config's epochs
+    # The finder's own step count ends it, not the config's epochs; finite all the same, so that a schedule sized
+    # by the run (configs/cnn.yaml's OneCycleLR) can be built before the finder sets its steps.
+    cli.trainer.fit_loop.max_epochs = 1_000_000
     return cli
 
 
