@@ -179,3 +179,15 @@ def test_one_cycle_refuses_a_run_without_end(mnist_dir):
     trainer = quick_trainer(max_epochs=-1)
     with pytest.raises(UserError, match=r"this run has no end.*--trainer.max_epochs or --model.scheduler.init_args"):
         trainer.fit(model, datamodule=datamodule(mnist_dir))
+
+
+def test_one_cycle_takes_the_length_a_loop_of_ones_own_passes():
+    """proj.bench's classic loop has no Trainer: it passes the run's length, and the schedule steps through it."""
+    model = sgd_model(scheduler=one_cycle, scheduler_interval="step")
+    config = model.optimization(run_steps=40)
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert scheduler.total_steps == 40
+    for _ in range(40):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] < 0.1 / 25  # annealed below the starting rate

@@ -67,9 +67,12 @@ def build_model(model: str) -> tuple[ImageClassifier, int]:
     return cli.model, cli.datamodule.hparams["batch_size"]
 
 
-def optimization(model: ImageClassifier) -> tuple[torch.optim.Optimizer, dict[str, Any] | None]:
-    """The optimizer and the scheduler config (or None) the model's `configure_optimizers` returns."""
-    configured = model.configure_optimizers()
+def optimization(
+    model: ImageClassifier, run_steps: int | None = None
+) -> tuple[torch.optim.Optimizer, dict[str, Any] | None]:
+    """The optimizer and the scheduler config (or None) the model's `configure_optimizers` would return for a
+    run of `run_steps` scheduler steps."""
+    configured = model.optimization(run_steps)
     if isinstance(configured, dict):
         return configured["optimizer"], configured["lr_scheduler"]
     return configured, None
@@ -177,7 +180,8 @@ def curve_classic(config: str, data_dir: str, workers: int) -> list[tuple[float,
     model, epochs = cli.model, cli.trainer.max_epochs or 1
     batch_size = cli.datamodule.hparams["batch_size"]
     loader = classic_loader(data_dir, batch_size, workers)
-    optimizer, scheduler = optimization(model)
+    per_step = model.hparams["scheduler_interval"] == "step"
+    optimizer, scheduler = optimization(model, epochs * len(loader) if per_step else epochs)
     model.train()
     seconds, curve = 0.0, []
     for _ in range(epochs):

@@ -130,6 +130,12 @@ class ImageClassifier(LightningModule):
         self._log_epoch("test")
 
     def configure_optimizers(self) -> Any:
+        return self.optimization()
+
+    def optimization(self, run_steps: int | None = None) -> Any:
+        """What `configure_optimizers` returns. `run_steps`, the run's length in scheduler steps, sizes a schedule
+        that spans the run (OneCycleLR without `total_steps`); in a fit the Trainer knows it, a loop of one's own
+        (proj.bench's classic loop) passes it."""
         try:  # torch checks lr, betas, weight_decay... and says "Invalid learning rate: -0.1"
             optimizer = self.optimizer_callable(self.parameters())
         except ValueError as err:
@@ -140,7 +146,7 @@ class ImageClassifier(LightningModule):
         if self.scheduler_callable is None:
             return optimizer
         try:
-            scheduler = self.scheduler_callable(optimizer, **self._run_length())
+            scheduler = self.scheduler_callable(optimizer, **self._run_length(run_steps))
         except ValueError as err:
             raise UserError(f"scheduler: {err}; set it with --model.scheduler.init_args.NAME.") from err
         config: dict[str, Any] = {"scheduler": scheduler, "interval": self.hparams["scheduler_interval"]}
@@ -153,7 +159,7 @@ class ImageClassifier(LightningModule):
                 )
         return {"optimizer": optimizer, "lr_scheduler": config}
 
-    def _run_length(self) -> dict[str, int]:
+    def _run_length(self, run_steps: int | None) -> dict[str, int]:
         """`total_steps` for a schedule that spans the run (OneCycleLR) when the config leaves it out.
 
         Lightning knows the run's length (epochs x batches, after `limit_train_batches` and gradient
@@ -163,6 +169,8 @@ class ImageClassifier(LightningModule):
         arguments = getattr(self.scheduler_callable, "keywords", {})
         if arguments.get("total_steps", 0) is not None or arguments.get("epochs") is not None:
             return {}
+        if run_steps is not None:
+            return {"total_steps": run_steps}
         if self._trainer is None:  # checked before the run: any length validates the other arguments
             return {"total_steps": 1}
         by_epoch = self.hparams["scheduler_interval"] == "epoch"
