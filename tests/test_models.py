@@ -11,10 +11,13 @@ import torch.nn.functional as F
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities.model_summary import ModelSummary
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import MODEL_CONFIGS, datamodule, quick_trainer, run_fit, run_python
 from proj.errors import UserError
 from proj.models import CNNClassifier, ImageClassifier, MLPClassifier
+
+MNIST = {"input_shape": (1, 28, 28), "num_classes": 10}  # what the CLI links from MNISTDataModule
 
 
 @pytest.mark.parametrize(
@@ -32,7 +35,7 @@ from proj.models import CNNClassifier, ImageClassifier, MLPClassifier
 )
 @pytest.mark.parametrize("training", [True, False])
 def test_output_shape(cls, kwargs, training):
-    model = cls(**kwargs).train(training)
+    model = cls(**{**MNIST, **kwargs}).train(training)
     assert model(torch.randn(3, 1, 28, 28)).shape == (3, kwargs.get("num_classes", 10))
 
 
@@ -40,24 +43,72 @@ def count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.parametrize("input_shape", [(3, 32, 32), (1, 20, 36)])
+@pytest.mark.parametrize("cls", [MLPClassifier, CNNClassifier])
+def test_any_image_shape_and_class_count(cls, input_shape):
+    model = cls(input_shape=input_shape, num_classes=4).train()
+    assert model(torch.randn(3, *input_shape)).shape == (3, 4)
+    assert model.eval()(torch.randn(2, *input_shape)).shape == (2, 4)
+    assert model.example_input_array.shape == (1, *input_shape)
+
+
+@pytest.mark.parametrize(("input_shape", "pooled"), [((3, 32, 32), 8 * 8), ((1, 20, 36), 5 * 9)])
+def test_cnn_flatten_size_follows_the_image(input_shape, pooled):
+    model = CNNClassifier(input_shape=input_shape, num_classes=4, channels=(4, 8), hidden_size=16, batch_norm=False)
+    first_dense = next(m for m in model.net if isinstance(m, nn.Linear))
+    assert first_dense.in_features == 8 * pooled  # two 2x2 pools: 32x32 -> 8x8, 20x36 -> 5x9
+    conv = input_shape[0] * 4 * 9 + 4 + 4 * 8 * 9 + 8
+    assert count(model) == conv + 8 * pooled * 16 + 16 + 16 * 4 + 4
+
+
+def test_mlp_input_size_follows_the_image():
+    model = MLPClassifier(input_shape=(3, 32, 32), num_classes=4, hidden_sizes=(8,), batch_norm=False)
+    assert count(model) == 3 * 32 * 32 * 8 + 8 + 8 * 4 + 4
+
+
+def test_cnn_refuses_more_pooling_than_the_image_allows():
+    CNNClassifier(input_shape=(1, 8, 20), num_classes=4, channels=(2, 2, 2))  # 8 -> 4 -> 2 -> 1: fits
+    with pytest.raises(UserError, match=r"3 pooling stages halve 6x20 images to nothing.*--model.channels"):
+        CNNClassifier(input_shape=(1, 6, 20), num_classes=4, channels=(2, 2, 2))
+    with pytest.raises(UserError, match="3 pooling stages halve 20x4 images"):
+        CNNClassifier(input_shape=(3, 20, 4), num_classes=4, channels=(2, 2, 2))
+
+
+@pytest.mark.parametrize("cls", [MLPClassifier, CNNClassifier])
+def test_input_shape_and_num_classes_are_required(cls):
+    with pytest.raises(TypeError, match="input_shape"):
+        cls(num_classes=10)
+    with pytest.raises(TypeError, match="num_classes"):
+        cls(input_shape=(1, 28, 28))
+
+
+def test_refuses_bad_input_shape_or_class_count():
+    with pytest.raises(UserError, match=r"input_shape must be \(channels, height, width\), got \[28, 28\]"):
+        MLPClassifier(input_shape=(28, 28), num_classes=10)
+    with pytest.raises(UserError, match="input_shape must be"):
+        MLPClassifier(input_shape=(0, 28, 28), num_classes=10)
+    with pytest.raises(UserError, match="at least 2 classes, got num_classes 1"):
+        MLPClassifier(input_shape=(1, 28, 28), num_classes=1)
+
+
 def test_mlp_parameter_count():
-    assert count(MLPClassifier(hidden_sizes=(32,), batch_norm=False)) == 784 * 32 + 32 + 32 * 10 + 10
+    assert count(MLPClassifier(**MNIST, hidden_sizes=(32,), batch_norm=False)) == 784 * 32 + 32 + 32 * 10 + 10
     # with batch norm the linear layer has no bias; BatchNorm adds a weight and a bias per unit
-    assert count(MLPClassifier(hidden_sizes=(32,), batch_norm=True)) == 784 * 32 + 2 * 32 + 32 * 10 + 10
-    assert count(MLPClassifier()) == 784 * 512 + 2 * 512 + 512 * 256 + 2 * 256 + 256 * 10 + 10
+    assert count(MLPClassifier(**MNIST, hidden_sizes=(32,), batch_norm=True)) == 784 * 32 + 2 * 32 + 32 * 10 + 10
+    assert count(MLPClassifier(**MNIST)) == 784 * 512 + 2 * 512 + 512 * 256 + 2 * 256 + 256 * 10 + 10
 
 
 def test_cnn_parameter_count():
     conv = 1 * 32 * 9 + 2 * 32 + 32 * 64 * 9 + 2 * 64  # 3x3 kernels without bias, BatchNorm weight and bias
     dense = 64 * 7 * 7 * 128 + 128 + 128 * 10 + 10  # two 2x2 pools: 28 -> 7
-    assert count(CNNClassifier()) == conv + dense
-    small = CNNClassifier(channels=(4, 8, 16), hidden_size=32, batch_norm=False)
+    assert count(CNNClassifier(**MNIST)) == conv + dense
+    small = CNNClassifier(**MNIST, channels=(4, 8, 16), hidden_size=32, batch_norm=False)
     conv = 1 * 4 * 9 + 4 + 4 * 8 * 9 + 8 + 8 * 16 * 9 + 16
     assert count(small) == conv + 16 * 3 * 3 * 32 + 32 + 32 * 10 + 10  # 28 -> 14 -> 7 -> 3
 
 
 def test_cnn_convs_per_stage_stacks_convolutions_before_each_pool():
-    vgg = CNNClassifier(channels=(4, 8), hidden_size=16, batch_norm=False, convs_per_stage=2)
+    vgg = CNNClassifier(**MNIST, channels=(4, 8), hidden_size=16, batch_norm=False, convs_per_stage=2)
     conv = (1 * 4 * 9 + 4) + (4 * 4 * 9 + 4) + (4 * 8 * 9 + 8) + (8 * 8 * 9 + 8)  # the second of a stage keeps width
     assert count(vgg) == conv + 8 * 7 * 7 * 16 + 16 + 16 * 10 + 10  # still one pool per stage: 28 -> 7
     kinds = [type(m).__name__ for m in vgg.net]
@@ -66,11 +117,11 @@ def test_cnn_convs_per_stage_stacks_convolutions_before_each_pool():
 
 def test_cnn_refuses_zero_convs_per_stage():
     with pytest.raises(UserError, match="convs_per_stage must be at least 1, got 0"):
-        CNNClassifier(convs_per_stage=0)
+        CNNClassifier(**MNIST, convs_per_stage=0)
 
 
 def test_trainable_and_frozen_counts():
-    model = MLPClassifier(hidden_sizes=(32,), batch_norm=False)
+    model = MLPClassifier(**MNIST, hidden_sizes=(32,), batch_norm=False)
     model.net[1].requires_grad_(False)
     summary = ModelSummary(model)
     assert summary.total_parameters == 784 * 32 + 32 + 32 * 10 + 10
@@ -85,9 +136,9 @@ def layers(model: nn.Module) -> list[nn.Module]:
 @pytest.mark.parametrize("init", ["xavier", "kaiming"])
 def test_named_inits_zero_biases(cls, init):
     torch.manual_seed(0)
-    default = cls(init="default", batch_norm=False)
+    default = cls(**MNIST, init="default", batch_norm=False)
     torch.manual_seed(0)
-    model = cls(init=init, batch_norm=False)
+    model = cls(**MNIST, init=init, batch_norm=False)
     for layer, reference in zip(layers(model), layers(default), strict=True):
         assert torch.count_nonzero(layer.bias) == 0
         assert torch.count_nonzero(reference.bias) > 0
@@ -104,25 +155,27 @@ def test_named_inits_zero_biases(cls, init):
 )
 def test_init_scale(init, std):
     torch.manual_seed(0)
-    first = layers(MLPClassifier(init=init))[0]  # 784 -> 512: 400k weights, a precise estimate
+    first = layers(MLPClassifier(**MNIST, init=init))[0]  # 784 -> 512: 400k weights, a precise estimate
     assert first.weight.std().item() == pytest.approx(std, rel=0.02)
 
 
 def test_hparams_saved():
-    mlp = MLPClassifier(hidden_sizes=(64, 32), dropout=0.1, batch_norm=False, init="xavier", num_classes=7)
+    mlp = MLPClassifier(
+        input_shape=(1, 28, 28), num_classes=7, hidden_sizes=(64, 32), dropout=0.1, batch_norm=False, init="xavier"
+    )
     assert mlp.hparams["hidden_sizes"] == (64, 32)
     assert mlp.hparams["dropout"] == 0.1
     assert mlp.hparams["batch_norm"] is False
     assert mlp.hparams["init"] == "xavier"
     assert mlp.hparams["num_classes"] == 7
-    cnn = CNNClassifier(channels=(8, 16), hidden_size=24, scheduler_interval="step")
+    cnn = CNNClassifier(**MNIST, channels=(8, 16), hidden_size=24, scheduler_interval="step")
     assert cnn.hparams["channels"] == (8, 16)
     assert cnn.hparams["hidden_size"] == 24
     assert cnn.hparams["scheduler_interval"] == "step"
 
 
 def test_predict_step_gives_probabilities():
-    model = CNNClassifier(channels=(4,), hidden_size=8).eval()
+    model = CNNClassifier(**MNIST, channels=(4,), hidden_size=8).eval()
     images, labels = torch.randn(5, 1, 28, 28), torch.arange(5)
     bare = model.predict_step(images, 0)
     assert bare.shape == (5, 10)
@@ -134,7 +187,7 @@ def test_predict_step_gives_probabilities():
 
 
 def test_configure_optimizers_without_scheduler():
-    model = MLPClassifier(hidden_sizes=(8,), optimizer=functools.partial(torch.optim.SGD, lr=0.3))
+    model = MLPClassifier(**MNIST, hidden_sizes=(8,), optimizer=functools.partial(torch.optim.SGD, lr=0.3))
     optimizer = model.configure_optimizers()
     assert isinstance(optimizer, torch.optim.SGD)
     assert optimizer.param_groups[0]["lr"] == 0.3
@@ -142,7 +195,7 @@ def test_configure_optimizers_without_scheduler():
 
 
 def test_default_optimizer_is_adam():
-    optimizer = MLPClassifier(hidden_sizes=(8,)).configure_optimizers()
+    optimizer = MLPClassifier(**MNIST, hidden_sizes=(8,)).configure_optimizers()
     assert type(optimizer) is torch.optim.Adam
     assert optimizer.param_groups[0]["lr"] == 1e-3
 
@@ -163,7 +216,7 @@ class EpochMetrics(Callback):
 
 def test_fit_learns_and_logs_metrics(mnist_dir):
     torch.manual_seed(0)
-    model = MLPClassifier(hidden_sizes=(32,), optimizer=functools.partial(torch.optim.Adam, lr=3e-3))
+    model = MLPClassifier(**MNIST, hidden_sizes=(32,), optimizer=functools.partial(torch.optim.Adam, lr=3e-3))
     dm = datamodule(mnist_dir)
     record = EpochMetrics()
     trainer = quick_trainer(max_epochs=4, limit_train_batches=4, limit_val_batches=2, callbacks=[record])
@@ -194,6 +247,7 @@ def make_optimizer(params):
 
 def save_python_checkpoint(path: Path) -> MLPClassifier:
     model = MLPClassifier(
+        **MNIST,
         hidden_sizes=(16,),
         dropout=0.0,
         optimizer=make_optimizer,
@@ -273,7 +327,7 @@ def test_cli_checkpoint_loads_in_fresh_process(mnist_dir, tmp_path):
     assert loaded["class"] == "CNNClassifier"
     assert (loaded["optimizer"], loaded["lr"]) == ("Adam", 0.01)  # the optimizer is restored from the config
     state = torch.load(checkpoint, weights_only=True)["state_dict"]
-    expected = reference_outputs(CNNClassifier(channels=(4, 8), hidden_size=16), state)
+    expected = reference_outputs(CNNClassifier(**MNIST, channels=(4, 8), hidden_size=16), state)
     torch.testing.assert_close(torch.tensor(loaded["outputs"]), expected)
 
 
@@ -285,3 +339,67 @@ def test_python_checkpoint_loads_in_fresh_process(tmp_path):
     assert loaded["optimizer"] == "Adam"
     expected = reference_outputs(model, model.state_dict())
     torch.testing.assert_close(torch.tensor(loaded["outputs"]), expected)
+
+
+SMALL = {"input_shape": (3, 8, 12), "num_classes": 4}
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs"),
+    [
+        (MLPClassifier, {"hidden_sizes": (16,), "batch_norm": False}),  # biases: not penalised
+        (MLPClassifier, {"hidden_sizes": (16, 8), "batch_norm": True}),  # BatchNorm scales: not penalised
+        (CNNClassifier, {"channels": (4, 8), "hidden_size": 16, "batch_norm": True}),
+        (CNNClassifier, {"channels": (4,), "hidden_size": 8, "batch_norm": False}),
+    ],
+)
+def test_l1_adds_lambda_times_the_absolute_weights_to_the_training_loss(cls, kwargs):
+    torch.manual_seed(0)
+    plain = cls(**SMALL, **kwargs, dropout=0.0, l1=0.0)
+    penalised = cls(**SMALL, **kwargs, dropout=0.0, l1=1e-3)
+    penalised.load_state_dict(plain.state_dict())
+    batch = (torch.randn(6, *SMALL["input_shape"]), torch.randint(0, 4, (6,)))
+    loss = plain.training_step(batch, 0)
+    torch.testing.assert_close(loss, F.cross_entropy(plain(batch[0]), batch[1]))  # l1 = 0 changes nothing
+    weights = sum(layer.weight.abs().sum() for layer in layers(plain))  # Linear and Conv weights only
+    assert 1e-3 * weights > 0.05  # a penalty far above the tolerance
+    difference = penalised.training_step(batch, 0) - loss
+    torch.testing.assert_close(difference, 1e-3 * weights, atol=1e-5, rtol=0)
+    assert penalised.train_l1 is not None and penalised.train_l1.compute().item() == pytest.approx(difference.item())
+
+
+def test_l1_penalty_has_gradients_on_weights_only():
+    torch.manual_seed(0)
+    model = MLPClassifier(**SMALL, hidden_sizes=(8,), batch_norm=True, l1=1.0)
+    model.l1_norm().backward()
+    for name, parameter in model.named_parameters():
+        if parameter.ndim > 1:
+            torch.testing.assert_close(parameter.grad, parameter.detach().sign(), msg=name)
+        else:
+            assert parameter.grad is None, name
+
+
+def test_l1_zero_adds_nothing_to_log_or_compute():
+    model = MLPClassifier(**SMALL, hidden_sizes=(8,))
+    assert model.hparams["l1"] == 0.0
+    assert model.train_l1 is None
+    assert "train/l1" not in model.logged_metrics
+    assert "train/l1" in MLPClassifier(**SMALL, hidden_sizes=(8,), l1=1e-5).logged_metrics
+
+
+@pytest.mark.parametrize("l1", [-1e-5, float("nan")])
+def test_l1_must_not_be_negative(l1):
+    with pytest.raises(UserError, match=r"l1 must be >= 0, got .*--model\.l1"):
+        MLPClassifier(**SMALL, l1=l1)
+
+
+def test_fit_logs_the_l1_penalty_before_the_step():
+    torch.manual_seed(0)
+    model = MLPClassifier(**SMALL, hidden_sizes=(8,), l1=1e-4)
+    start = sum(layer.weight.abs().sum().item() for layer in layers(model))
+    images, labels = torch.randn(8, *SMALL["input_shape"]), torch.randint(0, 4, (8,))
+    loader = DataLoader(TensorDataset(images, labels), batch_size=8)
+    trainer = quick_trainer(limit_train_batches=1, limit_val_batches=1)
+    trainer.fit(model, train_dataloaders=loader, val_dataloaders=loader)
+    assert trainer.callback_metrics["train/l1"].item() == pytest.approx(1e-4 * start, rel=1e-5)  # one step
+    assert set(model.logged_metrics) <= trainer.callback_metrics.keys()

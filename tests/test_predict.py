@@ -1,4 +1,6 @@
-"""Prediction on image files: MNIST-like preprocessing of real images, the CSV, errors, and the entry point."""
+"""Prediction on image files: MNIST-like preprocessing of real images, the CSV, errors, and the entry point.
+
+Models on other data (colour, other sizes, named classes): test_predict_generic.py."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import proj.cli
 import proj.predict
 from conftest import NUM_TRAIN, VAL_SIZE, datamodule, run_fit, run_python, user_error
 from proj.checkpoints import load_classifier
-from proj.data.images import MAX_SIDE, read_gray, to_mnist
+from proj.data import MNISTDataModule
+from proj.data.images import MAX_SIDE, Preprocess, Source, prepare, read_gray
 from proj.data.mnist import MEAN, STD
 from proj.errors import UserError
 from proj.models import MLPClassifier
@@ -31,6 +34,13 @@ TINY_MODELS = {  # the MLP learns the synthetic labels; the CNN (for export) onl
 
 
 FITTED: dict[tuple[Path, str], Path] = {}
+MNIST = MNISTDataModule(num_workers=0).description()  # what an MNIST checkpoint holds
+DIGITS = [str(digit) for digit in range(10)]
+
+
+def to_mnist(source: Source, preprocess: Preprocess = "digit") -> torch.Tensor:
+    """An image as an MNIST model's input, the way proj.predict prepares it."""
+    return prepare(source, MNIST, preprocess)
 
 
 def trained_checkpoint(data_dir: Path, tmp_path_factory: pytest.TempPathFactory, model: str) -> Path:
@@ -198,25 +208,27 @@ def write_inputs(folder: Path) -> list[Path]:
 
 def test_predict_files_keeps_order_and_reports_bad_files(tmp_path):
     paths = write_inputs(tmp_path)
-    model = MLPClassifier(hidden_sizes=(16,))
+    model = MLPClassifier(input_shape=(1, 28, 28), num_classes=10, hidden_sizes=(16,))
+    model.data_description = MNIST
     rows = predict_files(model, paths, batch_size=2, device="cpu")
     assert [row["path"] for row in rows] == [str(path) for path in paths]
     assert [bool(row["error"]) for row in rows] == [False, True, False]
     assert "not a readable image" in rows[1]["error"]
-    assert rows[1]["prediction"] is None and rows[1]["p0"] is None
+    assert rows[1]["prediction"] is None and rows[1]["class_index"] is None and rows[1]["p0"] is None
     assert not model.training  # predicted in eval mode
     for row in (rows[0], rows[2]):
-        assert list(row) == columns(10)
+        assert list(row) == columns(10) == columns(DIGITS)
         probabilities = [row[f"p{index}"] for index in range(10)]
         assert sum(probabilities) == pytest.approx(1, abs=1e-5)
-        assert row["prediction"] == int(np.argmax(probabilities))
+        assert row["class_index"] == int(np.argmax(probabilities))
+        assert row["prediction"] == str(row["class_index"])  # MNIST's class names are its digits
         assert row["confidence"] == max(probabilities)
         with torch.inference_mode():
             expected = model(to_mnist(row["path"])[None]).softmax(1)[0]
         torch.testing.assert_close(torch.tensor(probabilities), expected)
     one_batch = predict_files(model, paths, batch_size=256, device="cpu")  # batching changes nothing (but rounding)
-    assert [(row["path"], row["prediction"], row["error"]) for row in one_batch] == [
-        (row["path"], row["prediction"], row["error"]) for row in rows
+    assert [(row["path"], row["prediction"], row["class_index"], row["error"]) for row in one_batch] == [
+        (row["path"], row["prediction"], row["class_index"], row["error"]) for row in rows
     ]
     torch.testing.assert_close(one_batch[0]["p0"], rows[0]["p0"])
 
@@ -247,13 +259,16 @@ def test_cli_writes_csv(tmp_path, capsys, mlp_checkpoint, entry):
     else:  # the full CLI hands `predict --input ...` to proj.predict
         proj.cli.main(["predict", *args])
     header, rows = read_csv(output)
-    assert header == ["path", "prediction", "confidence", *(f"p{index}" for index in range(10)), "error"]
+    assert header == [
+        "path", "prediction", "class_index", "confidence", *(f"p{index}" for index in range(10)), "error"
+    ]  # fmt: skip
     assert [row["path"] for row in rows] == [str(path) for path in paths]
     bad = rows[1]
     assert bad["error"] and all(bad[key] == "" for key in header if key not in ("path", "error"))
     for row in (rows[0], rows[2]):
         assert row["error"] == ""
         assert int(row["prediction"]) in range(10)
+        assert row["class_index"] == row["prediction"]
         assert sum(float(row[f"p{index}"]) for index in range(10)) == pytest.approx(1, abs=1e-4)
     assert "3 files, 1 errors" in capsys.readouterr().out
     assert sorted(path.name for path in output.parent.iterdir()) == ["predictions.csv"]  # no partial file left

@@ -119,7 +119,7 @@ def time_proj(model: ImageClassifier, data_dir: str, pipeline: str, batch_size: 
         enable_model_summary=False,
         callbacks=[timer],
     )
-    data = MNISTDataModule(data_dir, batch_size=batch_size, pipeline=pipeline)  # type: ignore[arg-type]
+    data = MNISTDataModule(data_dir, batch_size=batch_size, pipeline=pipeline)
     trainer.fit(model, datamodule=data)
     return timer.seconds
 

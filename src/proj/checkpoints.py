@@ -12,8 +12,10 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from proj.data import ImageDataModule
 from proj.errors import UserError
 from proj.models import ImageClassifier
+from proj.models.base import DATA_KEY
 
 HINT = "pass a .ckpt written by proj.fit, e.g. logs/mnist/version_0/checkpoints/last.ckpt"
 
@@ -90,6 +92,27 @@ def classifier_class(checkpoint: dict[str, Any], path: str | Path) -> type[Image
     if not (isinstance(cls, type) and issubclass(cls, ImageClassifier)):
         raise UserError(f"checkpoint {str(path)!r} holds a {class_path}, not an ImageClassifier")
     return cls
+
+
+def check_same_data(checkpoint: dict[str, Any], path: str | Path, datamodule: ImageDataModule) -> None:
+    """Fail before a run starts if the checkpoint was trained on other data than `datamodule` serves."""
+    trained_on = checkpoint.get(DATA_KEY)
+    if not trained_on:
+        return  # written before checkpoints described their data: check_fits still compares the tensors
+    here = datamodule.identity()
+    keys = ("class_path", "input_shape", "class_names")
+    if differ := [key for key in keys if trained_on.get(key) != here[key]]:
+
+        def describe(data: dict[str, Any]) -> str:
+            shape = "x".join(str(side) for side in data.get("input_shape", []))
+            name = data.get("class_path", "?").rpartition(".")[2]
+            return f"{name} ({shape}, {len(data.get('class_names', []))} classes)"
+
+        raise UserError(
+            f"checkpoint {str(path)!r} was trained on {describe(trained_on)}, but this run's data is {describe(here)} "
+            f"({differ[0].replace('_', ' ')} differs): pass --data {trained_on.get('class_path', '?')} with its "
+            "settings, or that run's --config <run>/config.yaml."
+        )
 
 
 def check_fits(checkpoint: dict[str, Any], path: str | Path, model: ImageClassifier) -> None:

@@ -23,17 +23,18 @@ from proj.callbacks.checkpoint import ResumableCheckpoint
 from proj.callbacks.preemption import Preemption
 from proj.callbacks.rng_state import RNGState
 from proj.callbacks.run_record import RunRecord
-from proj.checkpoints import AtomicCheckpointIO, check_fits, find_last, read_checkpoint
-from proj.data import MNISTDataModule
+from proj.checkpoints import AtomicCheckpointIO, check_fits, check_same_data, find_last, read_checkpoint
+from proj.data import ImageDataModule
 from proj.errors import UserError, exit_on_user_error
 from proj.models import ImageClassifier
 
 DEFAULTS = {
     "model": {"class_path": "proj.models.CNNClassifier"},
+    "data": {"class_path": "proj.data.MNISTDataModule"},
     "trainer.max_epochs": 5,
     "trainer.logger": {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-        "init_args": {"save_dir": "logs", "name": "mnist", "default_hp_metric": False},
+        "init_args": {"save_dir": "logs", "name": None, "default_hp_metric": False},  # name: see run_name
     },
     "trainer.callbacks": [
         {"class_path": "lightning.pytorch.callbacks.RichProgressBar"},
@@ -58,23 +59,47 @@ DEFAULTS = {
 SHORT_NAMES = {"ReduceLROnPlateau": "proj.schedulers.ReduceLROnPlateau"}
 
 
+# Flags that take two numbers, written as two words: `--data.image_size 64 48`.
+PAIRS = ("--data.image_size", "--data.init_args.image_size")
+
+
 def expand_short_names(argv: list[str]) -> list[str]:
-    """`--model.scheduler ReduceLROnPlateau` (or `=ReduceLROnPlateau`) -> the full class path."""
-    expanded = []
-    for arg in argv:
+    """`--model.scheduler ReduceLROnPlateau` (or `=ReduceLROnPlateau`) -> the full class path, and
+    `--data.image_size H W` -> `--data.image_size=[H, W]` (jsonargparse reads a tuple as one word)."""
+    expanded, index = [], 0
+    while index < len(argv):
+        arg, pair = argv[index], argv[index + 1 : index + 3]
+        if arg in PAIRS and len(pair) == 2 and all(word.isdigit() for word in pair):
+            expanded.append(f"{arg}=[{pair[0]}, {pair[1]}]")
+            index += 3
+            continue
         flag, equals, value = arg.rpartition("=")
         expanded.append(flag + equals + SHORT_NAMES.get(value, value))
+        index += 1
     return expanded
 
 
+def name_runs_after_data(config: Namespace) -> None:
+    """Runs of a logger without a name go under the data set's: logs/mnist, logs/fashionmnist, logs/imagefolder..."""
+    logger = config.get("trainer", Namespace()).get("logger")
+    init_args = logger.get("init_args") if isinstance(logger, Namespace) else None
+    if init_args is not None and "name" in init_args and init_args.name is None:
+        data_class = str(config.get("data", Namespace()).get("class_path") or "")
+        init_args.name = data_class.rpartition(".")[2].removesuffix("DataModule").lower() or "runs"
+
+
 class ProjCLI(LightningCLI):
-    """`python -m proj {fit,validate,test,predict}`: any ImageClassifier subclass on the MNIST data module."""
+    """`python -m proj {fit,validate,test,predict}`: any ImageClassifier subclass on any ImageDataModule subclass.
+
+    The model's input shape and number of classes come from the data module (linked when both are built).
+    """
 
     def __init__(self, args: ArgsType = None, **kwargs: object) -> None:
         super().__init__(
             ImageClassifier,
-            MNISTDataModule,
+            ImageDataModule,
             subclass_mode_model=True,
+            subclass_mode_data=True,
             seed_everything_default=42,
             auto_configure_optimizers=False,  # the model's own --model.optimizer/--model.scheduler do it
             save_config_callback=RunRecord,
@@ -87,6 +112,8 @@ class ProjCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for attribute in ("input_shape", "num_classes"):
+            parser.link_arguments(f"data.{attribute}", f"model.init_args.{attribute}", apply_on="instantiate")
         parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_argument(
@@ -104,6 +131,8 @@ class ProjCLI(LightningCLI):
         else:
             self.argv = expand_short_names(sys.argv[1:] if args is None else list(args))
             self.config = parser.parse_args(self.argv)
+        subcommand = self.config.get("subcommand")
+        name_runs_after_data(self.config[subcommand] if subcommand else self.config)
 
     def _parse_ckpt_path(self) -> None:
         """Resolve `--ckpt_path last`, check the file, then let Lightning take the model's arguments from it.
@@ -205,10 +234,12 @@ class ProjCLI(LightningCLI):
 
     def _check_before_run(self) -> None:
         """Inputs that would fail only once the run has started (and written its folder) fail now."""
-        if isinstance(self.datamodule, MNISTDataModule):
-            self.datamodule.check()
+        assert isinstance(self.datamodule, ImageDataModule)
+        self.datamodule.check()
         if self.checkpoint is not None:
-            check_fits(self.checkpoint, self.config[self.subcommand].ckpt_path, self.model)
+            path = self.config[self.subcommand].ckpt_path
+            check_same_data(self.checkpoint, path, self.datamodule)
+            check_fits(self.checkpoint, path, self.model)
         if self.subcommand == "fit":
             self.model.configure_optimizers()
 
@@ -216,6 +247,11 @@ class ProjCLI(LightningCLI):
 
     def after_fit(self) -> None:
         if not self.config[self.subcommand].test_after_fit:
+            return
+        assert isinstance(self.datamodule, ImageDataModule)
+        if not self.datamodule.has_test_split():
+            if self.trainer.is_global_zero:
+                print(f"No test set: {type(self.datamodule).__name__} has no test split, so the test is skipped.")
             return
         checkpoint = self.trainer.checkpoint_callback
         best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""

@@ -24,6 +24,11 @@ def exit_on_user_error() -> Iterator[None]:
     """
     try:
         yield
+    except ValueError as err:  # jsonargparse wraps what a class raised while it instantiates an optional argument
+        if (cause := user_error_in(err)) is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
+        sys.exit(2)
     except (UserError, MisconfigurationException, ArgumentError) as err:
         message = summarize_parse_error(str(err)) if isinstance(err, ArgumentError) else str(err)
         asks_for_gpu = isinstance(err, MisconfigurationException) and re.search("gpu|cuda", message, re.I)
@@ -31,6 +36,13 @@ def exit_on_user_error() -> Iterator[None]:
             message += " This machine has no GPU torch can use: run with --trainer.accelerator cpu (or auto)."
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+def user_error_in(err: BaseException) -> UserError | None:
+    """The UserError that caused `err`, following its chain of causes, if any did."""
+    while err is not None and not isinstance(err, UserError):
+        err = err.__cause__ or err.__context__  # type: ignore[assignment]
+    return err
 
 
 # jsonargparse explains a bad flag or config key as a tree of union alternatives, tens of lines long.

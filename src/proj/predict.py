@@ -1,11 +1,13 @@
 """`python -m proj.predict --ckpt_path CKPT --input PATH... [--output predictions.csv]`: classify your own images.
 
 Inputs are image files and folders (searched recursively for .png, .jpg, .jpeg and .bmp, in sorted order).
-Each image is made to look like an MNIST digit (proj.data.images: grayscale, dark ink on light paper
-inverted, cropped to the digit, scaled to 20 px, centred by mass in 28x28, normalised as in training) and
-classified by the checkpoint's model in batches. The CSV holds one row per file, in input order:
-`path,prediction,confidence,p0,...,p9,error`; a file that cannot be used gets a row with only its error
-and the run goes on.
+Each image is prepared the way the checkpoint's training images were (proj.data.images.prepare, from the data
+description the checkpoint holds): for digit models (MNIST) made to look like an MNIST digit (grayscale, dark ink
+on light paper inverted, cropped to the digit, scaled, centred by mass); for the others converted to the model's
+channels, resized to cover its input size and centre-cropped. Then it is normalised as in training and classified
+in batches. The CSV holds one row per file, in input order: `path,prediction,class_index,confidence,p<class>...,error`
+(one probability column per class, "p" + its name: p0...p9 for MNIST); a file that cannot be used gets a row with
+only its error and the run goes on.
 
 In a notebook: `predict_files(load_classifier(ckpt), paths)` returns the same rows as dicts.
 """
@@ -14,7 +16,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,8 @@ import torch
 from torch import nn
 
 from proj.checkpoints import load_classifier
-from proj.data.images import PREPROCESS, SIZE, SUFFIXES, Preprocess, to_mnist
+from proj.data import CIFAR10DataModule, FashionMNISTDataModule, ImageDataModule, MNISTDataModule
+from proj.data.images import PREPROCESS, SUFFIXES, Preprocess, prepare, resolve_preprocess
 from proj.errors import UserError, exit_on_user_error
 from proj.outputs import atomic_output, check_output
 
@@ -69,9 +73,90 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return resolved
 
 
-def columns(num_classes: int) -> list[str]:
-    """The CSV header, which is also the keys of every row dict."""
-    return ["path", "prediction", "confidence", *(f"p{index}" for index in range(num_classes)), "error"]
+# Data sets whose description needs no files: `--data NAME` supplies it for a checkpoint that lacks one.
+BUILT_IN_DATA: dict[str, type[ImageDataModule]] = {
+    "mnist": MNISTDataModule,
+    "fashion_mnist": FashionMNISTDataModule,
+    "cifar10": CIFAR10DataModule,
+}
+DATA_HELP = (
+    "the data the model was trained on, when its checkpoint does not say (checkpoints written by proj.fit do): "
+    f"{', '.join(BUILT_IN_DATA)}, or a JSON file holding a data module's description() "
+    "(input_shape, class_names, mean, std, digits); replaces the checkpoint's own"
+)
+
+
+def read_data_option(value: str) -> dict[str, Any]:
+    """The description `--data` names: a built-in data set's, or one read from a JSON file."""
+    if value in BUILT_IN_DATA:
+        return BUILT_IN_DATA[value](num_workers=0).description()
+    path = Path(value)
+    if not path.is_file():
+        raise UserError(
+            f"--data {value!r} is neither a built-in data set ({', '.join(BUILT_IN_DATA)}) nor a JSON file: pass "
+            "one of those names, or a file holding json.dumps(YourDataModule(...).description())"
+        )
+    try:
+        description = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"--data {value!r} cannot be read as JSON ({err}): pass a data module's description()") from err
+    if not isinstance(description, dict):
+        raise UserError(f"--data {value!r} holds no JSON object: pass a data module's description()")
+    return description
+
+
+def data_description(
+    model: nn.Module, description: Mapping[str, Any] | None = None, source: str = "the model"
+) -> dict[str, Any]:
+    """The data the model was trained on, checked against the model: `description` if given, else the model's
+    own `data_description` (from its checkpoint). Keys: input_shape [C, H, W], class_names, mean and std (one per
+    channel), digits (bool). A model without one, or one that does not fit, is a UserError saying how to fix it.
+    """
+    if description is None:
+        description = getattr(model, "data_description", None)
+    if description is None:
+        raise UserError(
+            f"{source} does not describe the data it was trained on (input shape, class names, normalisation), "
+            "which preparing and labelling images needs. Use a checkpoint written by proj.fit, or say which data "
+            "it was: --data " + "|".join(BUILT_IN_DATA) + "|FILE.json on the command line, "
+            "predict_files(..., description=YourDataModule(...).description()) in Python."
+        )
+    hparams = getattr(model, "hparams", {})
+    try:
+        shape = [int(side) for side in description["input_shape"]]
+        names = [str(name) for name in description["class_names"]]
+        mean, std = [float(value) for value in description["mean"]], [float(value) for value in description["std"]]
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserError(
+            f"the data description of {source} is incomplete ({type(err).__name__}: {err}): it needs input_shape "
+            "[C, H, W], class_names, mean and std (one per channel), as ImageDataModule.description() gives"
+        ) from err
+    problems = []
+    if len(shape) != 3 or min(shape) < 1 or shape[0] not in (1, 3):
+        problems.append(f"input_shape {shape} is not [C, H, W] with 1 or 3 channels")
+    elif "input_shape" in hparams and list(hparams["input_shape"]) != shape:
+        problems.append(f"input_shape {shape} differs from the model's {list(hparams['input_shape'])}")
+    if len(names) < 2 or len(set(names)) != len(names):
+        problems.append(f"class_names {names} are not at least 2 distinct names")
+    elif "num_classes" in hparams and hparams["num_classes"] != len(names):
+        problems.append(f"{len(names)} class names for a model of {hparams['num_classes']} classes")
+    if not len(mean) == len(std) == (shape[0] if shape else 0) or min(std, default=0) <= 0:
+        problems.append(f"mean {mean} and std {std} are not one per channel (std > 0)")
+    if problems:
+        raise UserError(f"the data description of {source} does not fit it: {'; '.join(problems)}")
+    digits = bool(description.get("digits", False))
+    return {**description, "input_shape": shape, "class_names": names, "mean": mean, "std": std, "digits": digits}
+
+
+def columns(classes: Sequence[str] | int) -> list[str]:
+    """The CSV header, which is also the keys of every row dict: one probability column per class, "p" + its
+    name (`classes` a count: the names "0", "1"...)."""
+    names = [str(index) for index in range(classes)] if isinstance(classes, int) else [str(name) for name in classes]
+    header = ["path", "prediction", "class_index", "confidence", *(f"p{name}" for name in names), "error"]
+    if len(set(header)) != len(header):
+        clash = next(name for name in header if header.count(name) > 1)
+        raise UserError(f"the class names {names} give the CSV two columns named {clash!r}: rename that class")
+    return header
 
 
 def predict_files(
@@ -79,28 +164,33 @@ def predict_files(
     paths: Sequence[str | Path],
     batch_size: int = 256,
     device: str | torch.device = "auto",
-    preprocess: Preprocess = "digit",
+    preprocess: Preprocess = "auto",
+    description: Mapping[str, Any] | None = None,
 ) -> list[Row]:
-    """One row per path, in order: prediction (class index), confidence (its probability), p0... (all class
-    probabilities) and error ("" for a good file; for a bad one, why, with the other values None).
+    """One row per path, in order: prediction (class name), class_index, confidence (its probability), one
+    probability per class ("p" + class name) and error ("" for a good file; for a bad one, why, with the other
+    values None).
 
-    Images are read and preprocessed one batch at a time, so memory does not grow with the number of files.
-    The model is put in eval mode on `device`.
+    Images are prepared as the model's training images were (proj.data.images.prepare with `preprocess`; "auto":
+    digit models like MNIST digits, others resized and centre-cropped) from `description`, by default the
+    model's own `data_description` (set by its checkpoint). They are read one batch at a time, so memory does not
+    grow with the number of files. The model is put in eval mode on `device`.
     """
     if batch_size < 1:
         raise UserError(f"batch_size must be at least 1, got {batch_size}")
+    data = data_description(model, description)
+    resolve_preprocess(preprocess, data)  # a wrong name fails before any file is read
+    names = data["class_names"]
+    empty = dict.fromkeys(columns(names))
     target = resolve_device(device)
     model = model.to(target).eval()
-    with torch.inference_mode():
-        num_classes = model(torch.zeros(1, 1, SIZE, SIZE, device=target)).shape[1]
-    empty = dict.fromkeys(columns(num_classes))
     rows: list[Row] = []
     for start in range(0, len(paths), batch_size):
         images, predicted = [], []
         for path in paths[start : start + batch_size]:
             row = {**empty, "path": str(path), "error": ""}
             try:
-                images.append(to_mnist(path, preprocess))
+                images.append(prepare(path, data, preprocess))
                 predicted.append(row)
             except UserError as err:
                 row["error"] = str(err)
@@ -109,18 +199,26 @@ def predict_files(
             continue
         with torch.inference_mode():
             probabilities = model(torch.stack(images).to(target)).float().softmax(dim=1).cpu()
+        if probabilities.shape[1] != len(names):
+            raise UserError(
+                f"the model gives {probabilities.shape[1]} class scores, but its data description names "
+                f"{len(names)} classes: pass the description of the data it was trained on"
+            )
         confidences, predictions = probabilities.max(dim=1)
-        for row, probs, prediction, confidence in zip(
+        for row, probs, index, confidence in zip(
             predicted, probabilities.tolist(), predictions.tolist(), confidences.tolist(), strict=True
         ):
-            row.update({"prediction": prediction, "confidence": confidence})
-            row.update({f"p{index}": value for index, value in enumerate(probs)})
+            row.update({"prediction": names[index], "class_index": index, "confidence": confidence})
+            row.update({f"p{name}": value for name, value in zip(names, probs, strict=True)})
     return rows
 
 
-def write_csv(rows: list[Row], path: Path) -> None:
-    """The rows as CSV (probabilities to 6 decimals, None as an empty cell), replacing `path` atomically."""
-    fields = list(rows[0]) if rows else columns(10)
+def write_csv(rows: list[Row], path: Path, header: list[str] | None = None) -> None:
+    """The rows as CSV (probabilities to 6 decimals, None as an empty cell), replacing `path` atomically.
+    The header is the rows' keys (`header` for no rows)."""
+    fields = list(rows[0]) if rows else header
+    if fields is None:
+        raise ValueError("write_csv needs rows or a header")
     with atomic_output(path) as partial, partial.open("w", newline="", encoding="utf-8") as file:
         writer = csv.DictWriter(file, fieldnames=fields)
         writer.writeheader()
@@ -149,9 +247,14 @@ def parse_args(args: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--preprocess",
         choices=PREPROCESS,
-        default="digit",
-        help="digit: make any image MNIST-like (default); none: the images are already 28x28, light on dark",
+        default="auto",
+        help=(
+            "auto (default): digit for digit models (MNIST), else resize; digit: make any image look like an MNIST "
+            "digit; resize: convert to the model's channels, resize to cover its input size and centre-crop; none: "
+            "the images already have the model's input size (digit models: light on dark), only converted"
+        ),
     )
+    parser.add_argument("--data", metavar="NAME|FILE.json", help=DATA_HELP)
     return parser.parse_args(args)
 
 
@@ -162,7 +265,9 @@ def run(options: argparse.Namespace) -> None:
     paths = find_images(options.input)
     device = resolve_device(options.device)  # before loading the model: a wrong device fails fast
     model = load_classifier(options.ckpt_path)
-    rows = predict_files(model, paths, options.batch_size, device, options.preprocess)
+    description = read_data_option(options.data) if options.data is not None else None
+    data = data_description(model, description, source=f"checkpoint {options.ckpt_path!r}")
+    rows = predict_files(model, paths, options.batch_size, device, options.preprocess, data)
     write_csv(rows, output)
     errors = sum(1 for row in rows if row["error"])
     note = " (see the error column)" if errors else ""

@@ -1,4 +1,4 @@
-"""Which digits are mistaken for which: a confusion matrix after every validation epoch."""
+"""Which classes are mistaken for which: a confusion matrix after every validation epoch."""
 
 from __future__ import annotations
 
@@ -6,13 +6,17 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from matplotlib.figure import Figure
+from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
+from torchmetrics.utilities.plot import plot_confusion_matrix
 
 from proj.callbacks.tensorboard import tensorboard_writer
+from proj.models.base import class_names
 
 
 class ConfusionMatrix(Callback):
-    """Logs the validation confusion matrix (rows: label, columns: prediction) as `val/confusion_matrix`."""
+    """Logs the validation confusion matrix (rows: label, columns: prediction) as `val/confusion_matrix`, its
+    rows and columns labelled with the class names."""
 
     matrix: MulticlassConfusionMatrix
 
@@ -38,7 +42,24 @@ class ConfusionMatrix(Callback):
         writer = tensorboard_writer(trainer)
         if trainer.sanity_checking or writer is None:
             return
-        figure = Figure(figsize=(6, 6))
-        self.matrix.plot(ax=figure.add_subplot())
-        figure.tight_layout()
+        figure = confusion_figure(self.matrix.compute(), class_names(pl_module))
         writer.add_figure("val/confusion_matrix", figure, global_step=trainer.global_step)
+
+
+def confusion_figure(matrix: Tensor, names: list[str]) -> Figure:
+    """The (C, C) matrix of counts (rows: label, columns: prediction) as a figure, labelled with `names`."""
+    count = len(names)
+    figure = Figure(figsize=(6, 6))
+    axes = figure.add_subplot()
+    # What MulticlassConfusionMatrix.plot draws; its fonts suit a few short labels, so they are made smaller below.
+    plot_confusion_matrix(matrix.cpu(), ax=axes, add_text=count <= 20, labels=names)
+    small = 7 if max(map(len, names)) > 4 or count > 10 else 9  # 10 names like 'T-shirt/top' side by side
+    axes.set_xticks(range(count), names, rotation=45 if count > 2 else 0, ha="right", rotation_mode="anchor")
+    axes.set_yticks(range(count), names, rotation=0)
+    axes.tick_params(labelsize=small)
+    axes.xaxis.label.set_fontsize(9)
+    axes.yaxis.label.set_fontsize(9)
+    for text in axes.texts:  # the counts in the cells
+        text.set_fontsize(small)
+    figure.tight_layout()
+    return figure

@@ -1,16 +1,26 @@
-"""Real images (scans, photos, drawings) made to look like MNIST digits, the way MNIST itself was built.
+"""Real images (scans, photos, drawings) made into a trained model's input, the way its training images were made.
 
-MNIST digits are light on a black field, scaled to fit a 20x20 box (aspect ratio kept, anti-aliased) and
-placed in 28x28 with their centre of mass on the centre pixel (14, 14). A model trained on them knows
-nothing else: a dark digit photographed on white paper, off-centre and 3000 px wide, is classified
-well only after the same steps. `preprocess="none"` skips them for images already in MNIST's format
-(28x28, light on dark), e.g. written from the dataset itself.
+A checkpoint describes its data (`ImageDataModule.description()`): input shape (C, H, W), class names, per-channel
+mean and std, and whether the images are handwritten digits. `prepare` turns any image file into that input:
+
+- "digit" (digit models: MNIST): MNIST's own construction. MNIST digits are light on a black field, scaled to fit
+  a 20x20 box (aspect ratio kept, anti-aliased) and placed in 28x28 with their centre of mass on the centre pixel
+  (14, 14). A model trained on them knows nothing else: a dark digit photographed on white paper, off-centre and
+  3000 px wide, is classified well only after the same steps. For another field size the box scales with it.
+- "resize" (every other model): converted to the model's channels (grayscale or RGB), resized to cover its size
+  keeping the aspect ratio, and centre-cropped: what ImageFolderDataModule trains on (`read_image`).
+- "none": images already of the model's size (e.g. written from the data set itself); only the channels are
+  converted.
+
+Then the pixels, scaled to [0, 1], are normalised with the description's mean and std, as in training.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -19,11 +29,11 @@ from torch import Tensor
 from torch.nn import functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from proj.data.mnist import MEAN, STD
 from proj.errors import UserError
 
-SIZE, BOX = 28, 20  # MNIST's field and the box its digits are scaled into
-CENTRE = SIZE // 2  # where MNIST's centres of mass lie: pixel 14 (13.5 to 14.5 over the 10,000 test images)
+# MNIST's construction: digits scaled into a BOX-pixel box within a FIELD-pixel field, their centre of mass on the
+# field's centre pixel (14 of 28: 13.5 to 14.5 over the 10,000 test images). Other field sizes keep the ratio.
+FIELD, BOX = 28, 20
 MAX_SIDE = 1024  # larger images are reduced first: strokes stay several pixels wide, memory stays small
 # Of the ink's full contrast: fainter pixels are cleared as paper texture, uneven light or noise; the digit's
 # bounding box is that of the surer ink, so the shadowed corner of a photo does not widen it (98% accuracy on
@@ -32,8 +42,9 @@ INK_THRESHOLD, BOX_THRESHOLD = 0.25, 0.5
 MIN_CONTRAST = 0.05  # ink and paper closer than this (of the full range) means there is no digit
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
-Preprocess = Literal["digit", "none"]
-PREPROCESS: tuple[Preprocess, ...] = ("digit", "none")
+Preprocess = Literal["auto", "digit", "resize", "none"]
+PREPROCESS: tuple[Preprocess, ...] = ("auto", "digit", "resize", "none")
+Source = str | Path | Image.Image
 
 
 def read_gray(source: str | Path | Image.Image) -> Tensor:
@@ -52,6 +63,36 @@ def read_gray(source: str | Path | Image.Image) -> Tensor:
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:  # Pillow's "bad file" errors
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"not a readable image ({reason})") from err
+
+
+@contextmanager
+def _opened(source: Source) -> Iterator[Image.Image]:
+    """The image (a file opened, or a PIL image as given); Pillow's "bad file" errors become a UserError naming it."""
+    try:
+        if isinstance(source, Image.Image):
+            yield source
+        else:
+            with Image.open(source) as image:
+                yield image
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{source} is not a readable image ({reason}): repair or remove the file") from err
+
+
+def read_image(source: Source, channels: int, size: tuple[int, int] | None) -> Tensor:
+    """The image as uint8 (C, H, W): grayscale (C = 1) or RGB (C = 3), resized to cover `size` (H, W) keeping its
+    aspect ratio, then centre-cropped to it (`size` None: as it is). What ImageFolderDataModule trains on and
+    `proj.predict` feeds. A file that is no readable image raises UserError naming it."""
+    mode = "RGB" if channels == 3 else "L"
+    with _opened(source) as image:
+        if size is not None and not isinstance(source, Image.Image):  # a caller's image stays as it is
+            image.draft(mode, (size[1], size[0]))  # JPEG: decode no larger than needed
+        image = ImageOps.exif_transpose(image).convert(mode)
+        if size is not None and image.size != (size[1], size[0]):
+            image = ImageOps.fit(image, (size[1], size[0]), Image.Resampling.BILINEAR)
+        pixels = torch.from_numpy(np.array(image, dtype=np.uint8))
+    height, width = pixels.shape[:2]
+    return pixels.reshape(height, width, channels).permute(2, 0, 1).contiguous()
 
 
 def _gray(image: Image.Image) -> Tensor:
@@ -94,41 +135,60 @@ def ink(gray: Tensor) -> Tensor:
     return torch.where(strokes >= INK_THRESHOLD, strokes, 0.0)
 
 
-def centre_digit(strokes: Tensor) -> Tensor:
+def centre_digit(strokes: Tensor, size: tuple[int, int] = (FIELD, FIELD)) -> Tensor:
     """MNIST's geometry: crop to the sure ink's bounding box, scale its longer side to 20 px keeping the aspect
-    ratio (anti-aliased), and place it in 28x28 with its centre of mass on pixel (14, 14)."""
+    ratio (anti-aliased), and place it in 28x28 with its centre of mass on pixel (14, 14). A field of another
+    `size` (H, W) gets a box of the same share of its shorter side, and its own centre pixel."""
+    height, width = size
+    box = max(1, round(BOX * min(height, width) / FIELD))
     sure = strokes >= BOX_THRESHOLD
     rows, cols = sure.any(dim=1).nonzero()[:, 0], sure.any(dim=0).nonzero()[:, 0]
     crop = strokes[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    height, width = crop.shape
-    scale = BOX / max(height, width)
-    size = [max(1, round(height * scale)), max(1, round(width * scale))]
-    digit = TF.resize(crop[None], size, antialias=True).clamp(0, 1)[0]
+    scale = box / max(crop.shape)
+    digit_size = [max(1, round(crop.shape[0] * scale)), max(1, round(crop.shape[1] * scale))]
+    digit = TF.resize(crop[None], digit_size, antialias=True).clamp(0, 1)[0]
     mass = digit.sum()
-    centre_y = (digit.sum(dim=1) * torch.arange(size[0])).sum() / mass
-    centre_x = (digit.sum(dim=0) * torch.arange(size[1])).sum() / mass
-    top, left = round(CENTRE - centre_y.item()), round(CENTRE - centre_x.item())
+    centre_y = (digit.sum(dim=1) * torch.arange(digit_size[0])).sum() / mass
+    centre_x = (digit.sum(dim=0) * torch.arange(digit_size[1])).sum() / mass
+    top, left = round(height // 2 - centre_y.item()), round(width // 2 - centre_x.item())
     # Negative padding crops: a digit whose mass sits at one end may lose a pixel or two there, as in MNIST.
-    return F.pad(digit, (left, SIZE - size[1] - left, top, SIZE - size[0] - top))
+    return F.pad(digit, (left, width - digit_size[1] - left, top, height - digit_size[0] - top))
 
 
-def normalize(image: Tensor) -> Tensor:
-    """(28, 28) pixels in [0, 1] to the (1, 28, 28) tensor the models were trained on (MNISTDataModule's)."""
-    return TF.normalize(image[None].float(), [MEAN], [STD])
+def normalize(pixels: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Pixels (C, H, W) in [0, 1] standardised per channel, (x - mean) / std: the data module's normalisation."""
+    return TF.normalize(pixels.float(), list(mean), list(std))
 
 
-def to_mnist(source: str | Path | Image.Image, preprocess: Preprocess = "digit") -> Tensor:
-    """A file or PIL image as the normalised (1, 28, 28) model input; UserError for an unusable image.
-
-    "digit": the full MNIST construction above, for real images of any size and polarity.
-    "none": only grayscale and normalisation, for images already 28x28 and light on dark.
-    """
-    gray = read_gray(source)
-    if preprocess == "none":
-        if tuple(gray.shape) != (SIZE, SIZE):
-            height, width = gray.shape
-            raise UserError(f"image is {width}x{height}; preprocess 'none' takes 28x28 images only (use 'digit')")
-        return normalize(gray)
-    if preprocess != "digit":
+def resolve_preprocess(preprocess: str, description: Mapping[str, Any]) -> Preprocess:
+    """The preparation `preprocess` means for this data: "auto" is "digit" for digit models, else "resize"."""
+    if preprocess not in PREPROCESS:
         raise ValueError(f"preprocess must be one of {PREPROCESS}, got {preprocess!r}")
-    return normalize(centre_digit(ink(gray)))
+    if preprocess == "auto":
+        return "digit" if description.get("digits") else "resize"
+    return preprocess
+
+
+def prepare(source: Source, description: Mapping[str, Any], preprocess: str = "auto") -> Tensor:
+    """A file or PIL image as the normalised (C, H, W) input of a model trained on the `description`'s data
+    (`ImageDataModule.description()`: input_shape, mean, std, digits); UserError for an unusable image.
+
+    "digit": MNIST's construction above, for real images of any size and polarity (grayscale; replicated over
+    the channels if the model has several). "resize": the channels converted, resized to cover the model's
+    size and centre-cropped. "none": for images already of the model's size; only the channels converted
+    (digit models: as grayscale, light on dark). "auto": "digit" for digit models, else "resize".
+    """
+    channels, height, width = (int(side) for side in description["input_shape"])
+    method = resolve_preprocess(preprocess, description)
+    if method == "digit":
+        pixels = centre_digit(ink(read_gray(source)), (height, width))[None]
+    elif method == "resize":
+        pixels = read_image(source, channels, (height, width)).float() / 255
+    else:
+        digits = bool(description.get("digits"))
+        pixels = read_gray(source)[None] if digits else read_image(source, channels, None).float() / 255
+        if pixels.shape[1:] != (height, width):
+            found, wanted = f"{pixels.shape[2]}x{pixels.shape[1]}", f"{width}x{height}"
+            usual = resolve_preprocess("auto", description)
+            raise UserError(f"image is {found}; preprocess 'none' takes {wanted} images only (use {usual!r})")
+    return normalize(pixels.expand(channels, height, width), description["mean"], description["std"])

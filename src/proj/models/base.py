@@ -11,23 +11,55 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from proj.errors import UserError
 from proj.schedulers import SchedulerCallable
 
 STAGES = ("train", "val", "test")
+DATA_KEY = "data"  # the checkpoint entry describing the data a model was trained on (ImageDataModule.description)
 
 
 class NonFiniteLossError(UserError):
     """The loss became NaN or infinite: training stops before the bad step updates any weights."""
 
 
+def data_fact(model: LightningModule, key: str) -> Any:
+    """What the data says of itself under `key` ("class_names", "mean", "std"...): the running Trainer's data
+    module first, else the description the model was trained with (kept in its checkpoint); None if neither says."""
+    trainer = model._trainer
+    value = getattr(getattr(trainer, "datamodule", None), key, None)
+    if value is None and (description := getattr(model, "data_description", None)):
+        value = description.get(key)
+    return value
+
+
+def class_names(model: LightningModule) -> list[str]:
+    """The names of the model's classes, from its data (see `data_fact`); "0".."N-1" when the data has none."""
+    num_classes = model.hparams["num_classes"]
+    names = data_fact(model, "class_names")
+    if names is None or len(names) != num_classes:
+        return [str(index) for index in range(num_classes)]
+    return [str(name) for name in names]
+
+
+def per_class_table(names: list[str], accuracy: Tensor, counts: Tensor) -> str:
+    """One line per class: its name, the share of its images classified right, and how many there were."""
+    width = max(5, *map(len, names))
+    lines = [f"{'class':<{width}}  accuracy  images"]
+    for name, share, count in zip(names, accuracy.tolist(), counts.tolist(), strict=True):
+        score = f"{share:8.2%}" if count else f"{'-':>8}"  # a class without test images has no accuracy
+        lines.append(f"{name:<{width}}  {score}  {int(count):>6}")
+    return "\n".join(lines)
+
+
 class ImageClassifier(LightningModule):
-    """Base LightningModule: a subclass only builds `self.net`, mapping (B, 1, 28, 28) images to (B, C) logits.
+    """Base LightningModule: a subclass only builds `self.net`, mapping (B, *input_shape) images to (B, num_classes)
+    logits.
 
     Args:
-        num_classes: size of the output layer.
+        input_shape: (channels, height, width) of the images; the CLI takes it from the data module.
+        num_classes: size of the output layer; the CLI takes it from the data module.
         optimizer: builds the optimizer from the parameters, e.g. `--model.optimizer SGD
             --model.optimizer.lr 0.1`.
         scheduler: builds a learning-rate scheduler from the optimizer; none keeps the rate constant. A
@@ -35,25 +67,37 @@ class ImageClassifier(LightningModule):
         scheduler_interval: step the scheduler after every "epoch" or every optimizer "step".
         label_smoothing: share of each training target spread over all classes (0 = one-hot), which
             keeps the model from growing over-confident; evaluation losses stay plain cross-entropy.
+        l1: L1 penalty, `l1 * sum(|w|)` over the weight tensors of the Linear and Conv layers (the parameters
+            with more than one dimension: biases and the scales of normalisation layers are not penalised),
+            added to the training loss; it pulls weights to exactly zero. Logged as `train/l1`; `train/loss`
+            stays the cross-entropy, comparable with `val/loss`. 0 (default) adds nothing.
     """
 
     net: nn.Module
 
     def __init__(
         self,
-        num_classes: int = 10,
+        input_shape: tuple[int, int, int],
+        num_classes: int,
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: SchedulerCallable | None = None,
         scheduler_interval: Literal["epoch", "step"] = "epoch",
         label_smoothing: float = 0.0,
+        l1: float = 0.0,
     ) -> None:
         super().__init__()
+        if len(input_shape) != 3 or min(input_shape) < 1:
+            raise UserError(f"input_shape must be (channels, height, width), got {list(input_shape)}.")
+        if num_classes < 2:
+            raise UserError(f"a classifier needs at least 2 classes, got num_classes {num_classes}.")
         if not 0 <= label_smoothing < 1:
             raise UserError(f"label_smoothing must be in [0, 1), got {label_smoothing}: set --model.label_smoothing.")
+        if not l1 >= 0:  # also refuses NaN
+            raise UserError(f"l1 must be >= 0, got {l1}: set --model.l1.")
         self.save_hyperparameters()
         self.optimizer_callable = optimizer
         self.scheduler_callable = scheduler
-        self.example_input_array = torch.zeros(1, 1, 28, 28)  # lets the model summary show layer shapes
+        self.example_input_array = torch.zeros(1, *input_shape)  # lets the model summary show layer shapes
         # Metrics accumulate over an epoch and are logged once at its end: cheaper than per-step logging,
         # and exact over the whole epoch (and across processes under DDP).
         # Predictions come from argmax and cross_entropy checks the labels, so torchmetrics' own input checks
@@ -62,13 +106,26 @@ class ImageClassifier(LightningModule):
         self.train_acc, self.val_acc, self.test_acc = (
             MulticlassAccuracy(num_classes, average="micro", validate_args=False) for _ in STAGES
         )
+        # Macro-F1, the mean over classes of each class's F1: unlike accuracy, a rare class counts as much as a
+        # common one. Per-class test accuracy is printed as a table at the end of a test.
+        self.val_f1, self.test_f1 = (
+            MulticlassF1Score(num_classes, average="macro", validate_args=False) for _ in ("val", "test")
+        )
+        self.test_class_acc = MulticlassAccuracy(num_classes, average=None, validate_args=False)
+        self._test_table: str | None = None
+        # The mean L1 penalty of the epoch's steps; none (nor any per-step cost) without one.
+        self.train_l1 = MeanMetric(nan_strategy="disable") if l1 > 0 else None
+        # The data this model was trained on (class names, normalisation...), from the data module during a run
+        # and from the checkpoint after loading one; None for a model that has seen neither.
+        self.data_description: dict[str, Any] | None = None
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # in checkpoints, so that a resumed run keeps the best so far
 
     @property
     def logged_metrics(self) -> tuple[str, ...]:
         """Keys this module logs during fit: what ReduceLROnPlateau (or a checkpoint) may monitor."""
-        return ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best")
+        l1 = ("train/l1",) if self.train_l1 is not None else ()
+        return ("train/loss", "train/acc", *l1, "val/loss", "val/acc", "val/acc_best", "val/f1_macro")
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)
@@ -81,13 +138,26 @@ class ImageClassifier(LightningModule):
         preds = logits.argmax(dim=1)
         getattr(self, f"{stage}_loss").update(loss.detach(), weight=labels.numel())
         getattr(self, f"{stage}_acc").update(preds, labels)
+        if stage != "train":
+            getattr(self, f"{stage}_f1").update(preds, labels)
+            if stage == "test":
+                self.test_class_acc.update(preds, labels)
         return {"loss": loss, "preds": preds}
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss = self._step(batch, "train")["loss"]
+        if self.train_l1 is not None:
+            penalty = self.hparams["l1"] * self.l1_norm()
+            self.train_l1.update(penalty.detach())
+            loss = loss + penalty
         if not torch.isfinite(loss):
             raise self._non_finite(loss, batch_idx)
         return loss
+
+    def l1_norm(self) -> Tensor:
+        """Sum of the absolute values of the weight tensors: the parameters with more than one dimension."""
+        sums = [weight.abs().sum() for weight in self.parameters() if weight.ndim > 1]
+        return torch.stack(sums).sum() if sums else torch.zeros((), device=self.device)
 
     def _non_finite(self, loss: Tensor, batch_idx: int) -> NonFiniteLossError:
         # Raised before backward: the weights and the checkpoints on disk stay as they were.
@@ -115,10 +185,17 @@ class ImageClassifier(LightningModule):
         loss.reset()
         accuracy.reset()
         self.log_dict(values, prog_bar=True, sync_dist=True)  # already synced by torchmetrics: no-op, no warning
+        if stage != "train":
+            f1 = getattr(self, f"{stage}_f1")
+            self.log(f"{stage}/f1_macro", f1.compute(), sync_dist=True)
+            f1.reset()
         return values[f"{stage}/acc"]
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
+        if self.train_l1 is not None:
+            self.log("train/l1", self.train_l1.compute(), sync_dist=True)
+            self.train_l1.reset()
 
     def on_validation_epoch_end(self) -> None:
         accuracy = self._log_epoch("val")
@@ -128,6 +205,22 @@ class ImageClassifier(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
+        metric = self.test_class_acc
+        if metric.update_count == 0:
+            return
+        accuracy = metric.compute()
+        with metric.sync_context():  # every process's counts (compute() gives back the local ones after syncing)
+            hits, misses = metric.tp, metric.fn
+            assert isinstance(hits, Tensor) and isinstance(misses, Tensor)
+            counts = hits + misses  # the test images of each class
+        metric.reset()
+        self._test_table = per_class_table(class_names(self), accuracy, counts)
+
+    def on_test_end(self) -> None:
+        # After the progress bar has closed (callbacks' on_test_end come first); before Lightning's results table.
+        if self._test_table is not None and self.trainer.is_global_zero:
+            print(f"\nTest accuracy per class:\n{self._test_table}", flush=True)
+        self._test_table = None
 
     def configure_optimizers(self) -> Any:
         return self.optimization()
@@ -189,3 +282,12 @@ class ImageClassifier(LightningModule):
         hparams = checkpoint.get("hyper_parameters", {})
         for key in [key for key, value in hparams.items() if callable(value)]:
             del hparams[key]
+        # What the data was (class names, normalisation...): predict and export prepare inputs from it.
+        datamodule = getattr(self._trainer, "datamodule", None)  # a dynamic attribute of the Trainer
+        if (describe := getattr(datamodule, "description", None)) is not None:
+            self.data_description = describe()
+        if self.data_description is not None:
+            checkpoint[DATA_KEY] = self.data_description
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.data_description = checkpoint.get(DATA_KEY)

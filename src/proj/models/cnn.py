@@ -19,6 +19,7 @@ class CNN(nn.Sequential):
 
     def __init__(
         self,
+        input_shape: tuple[int, int, int],
         channels: tuple[int, ...],
         hidden_size: int,
         num_classes: int,
@@ -27,7 +28,12 @@ class CNN(nn.Sequential):
         convs_per_stage: int = 1,
     ) -> None:
         layers: list[nn.Module] = []
-        in_channels, side = 1, 28
+        in_channels, height, width = input_shape
+        if min(height, width) < 2 ** len(channels):
+            raise UserError(
+                f"{len(channels)} pooling stages halve {height}x{width} images to nothing: use fewer --model.channels "
+                "or larger images (--data.image_size)."
+            )
         for out_channels in channels:
             for _ in range(convs_per_stage):
                 layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=not batch_norm)]
@@ -35,14 +41,14 @@ class CNN(nn.Sequential):
                 layers += [nn.ReLU()]
                 in_channels = out_channels
             layers += [nn.MaxPool2d(2)]
-            side //= 2
-        layers += [nn.Flatten(), nn.Dropout(dropout), nn.Linear(in_channels * side * side, hidden_size)]
+            height, width = height // 2, width // 2
+        layers += [nn.Flatten(), nn.Dropout(dropout), nn.Linear(in_channels * height * width, hidden_size)]
         layers += [nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden_size, num_classes)]
         super().__init__(*layers)
 
 
 class CNNClassifier(ImageClassifier):
-    """CNN classifier of 28x28 images; `**kwargs` go to `ImageClassifier` (optimizer, scheduler, ...).
+    """CNN classifier of images of any shape; `**kwargs` go to `ImageClassifier` (optimizer, scheduler, ...).
 
     Args:
         channels: output channels of each convolution stage; each stage halves the image side.
@@ -70,7 +76,15 @@ class CNNClassifier(ImageClassifier):
         super().__init__(**kwargs)
         if convs_per_stage < 1:
             raise UserError(f"convs_per_stage must be at least 1, got {convs_per_stage}: set --model.convs_per_stage.")
-        self.net = CNN(channels, hidden_size, self.hparams["num_classes"], dropout, batch_norm, convs_per_stage)
+        self.net = CNN(
+            self.hparams["input_shape"],
+            channels,
+            hidden_size,
+            self.hparams["num_classes"],
+            dropout,
+            batch_norm,
+            convs_per_stage,
+        )
         init_weights(self.net, init)
-        if channels_last:  # activations follow the weights' layout; (B, 1, H, W) inputs need no conversion
+        if channels_last:  # activations follow the weights' layout; single-channel inputs need no conversion
             self.net = self.net.to(memory_format=torch.channels_last)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from torch import nn
@@ -27,7 +28,8 @@ class MLP(nn.Sequential):
 
 
 class MLPClassifier(ImageClassifier):
-    """MLP classifier of 28x28 images; `**kwargs` go to `ImageClassifier` (optimizer, scheduler, ...).
+    """MLP classifier of images of any shape (each pixel of each channel is an input); `**kwargs` go to
+    `ImageClassifier` (optimizer, scheduler, ...).
 
     Args:
         hidden_sizes: width of each hidden layer, input side first.
@@ -45,5 +47,7 @@ class MLPClassifier(ImageClassifier):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.net = MLP(28 * 28, hidden_sizes, self.hparams["num_classes"], dropout, batch_norm)
+        self.net = MLP(
+            math.prod(self.hparams["input_shape"]), hidden_sizes, self.hparams["num_classes"], dropout, batch_norm
+        )
         init_weights(self.net, init)

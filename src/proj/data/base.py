@@ -1,0 +1,413 @@
+"""What every image data set shares: the train/val split, both pipelines, normalisation, augmentation, the
+resume position and the input checks. A data set is a subclass that says where its images come from and what
+they are (`mnist.py` is the model to copy; `folder.py` reads any folder of images).
+
+A subclass provides:
+- `class_names`, `input_shape` (C, H, W), `mean`/`std` (per channel, of pixels scaled to [0, 1]);
+- `check()`: cheap checks of the files (run before anything is written), `prepare_data()` to download;
+- `read_split(split)`: a split as uint8 images (N, C, H, W) and int64 labels, for the resident pipeline;
+- optionally `dataset(split, transform)`: a per-sample Dataset for the streaming pipeline (the default wraps
+  `read_split`'s tensors), and `AUGMENT`: the random moves that keep its images' classes.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.parsing import AttributeDict
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision.transforms import v2
+
+from proj.data.resident import ResidentLoader
+from proj.errors import UserError
+
+Split = Literal["train", "val", "test"]
+TensorSplit = tuple[Tensor, Tensor]  # uint8 images (N, C, H, W) and int64 labels (N,)
+Pipeline = Literal["auto", "resident", "torchvision"]
+CACHE_FORMAT = 2  # bump when the cached tensors change layout: older caches are then rebuilt
+
+
+class ImageDataModule(LightningDataModule):
+    """Train/val split (seeded, disjoint) of the training images, unless the data set has its own val split; the
+    data set's test split for test.
+
+    Two pipelines, same images, labels and normalisation:
+    - "resident": each split is one uint8 tensor on the training device (decoded once into a cache file);
+      batches are index slices, augmented and normalised whole on the device, in an order drawn from (seed,
+      epoch). Epochs are then bound by the model's compute.
+    - "torchvision": per-sample transforms v2 in a DataLoader (workers decode while the model trains), the
+      classic pipeline, and the one for data that does not fit in memory.
+    - "auto" (default): resident when the decoded images fit `resident_budget_mb`, else torchvision.
+
+    Args:
+        batch_size: images per optimizer step (and per evaluation batch).
+        val_size: training images held out for validation: a count, or a fraction of the training images;
+            default: the data set's own (`VAL_SIZE`).
+        augment: random moves of training images that keep their class (the data set's own: rotations and
+            shifts for digits, flips and padded crops for clothing and photos), drawn anew every epoch.
+        augment_scale: when augmenting, also zoom each image by a random factor in [1 - s, 1 + s].
+        pipeline: "auto", "resident" or "torchvision", see above.
+        resident_budget_mb: the most memory (MiB) the resident pipeline's decoded images may take under "auto".
+        num_workers: loader subprocesses decoding images while the model trains (torchvision pipeline).
+        pin_memory: page-locked batches, for faster copies to a GPU (torchvision pipeline).
+        persistent_workers: keep loader workers alive between epochs (torchvision pipeline).
+        split_seed: seed of the train/val split, independent of the training seed.
+    """
+
+    AUGMENT: ClassVar[dict[str, Any]] = {}  # `random_affine`'s arguments for this data set's augmentation
+    # None as the flag's default, the data set's own here: jsonargparse keeps a value given for one class when
+    # `--data` picks another, so a per-class default in the signature would leak into the next class.
+    VAL_SIZE: ClassVar[int | float] = 5000
+    DIGITS: ClassVar[bool] = False  # handwritten digits: `proj.predict` then prepares images the way MNIST was made
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        val_size: int | float | None = None,
+        augment: bool = False,
+        augment_scale: float = 0.0,
+        pipeline: Pipeline = "auto",
+        resident_budget_mb: int = 2048,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        split_seed: int = 42,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise UserError(f"batch_size must be at least 1, got {batch_size}: set --data.batch_size.")
+        val_size = self.VAL_SIZE if val_size is None else val_size
+        if not (0 < val_size < 1 if isinstance(val_size, float) else val_size >= 1):
+            raise UserError(
+                f"val_size must be a count of at least 1 or a fraction in (0, 1), got {val_size}: set --data.val_size."
+            )
+        if not 0 <= augment_scale < 1:
+            raise UserError(f"augment_scale must be in [0, 1), got {augment_scale}: set --data.augment_scale.")
+        if persistent_workers and num_workers < 1:
+            raise UserError("persistent_workers needs num_workers >= 1: set --data.num_workers.")
+        if resident_budget_mb < 0:
+            raise UserError(
+                f"resident_budget_mb must be >= 0, got {resident_budget_mb}: set --data.resident_budget_mb."
+            )
+        self.save_hyperparameters()
+        self.batch_size, self.val_size = batch_size, val_size
+        self.train_set: Dataset | TensorSplit | None = None
+        self.val_set: Dataset | TensorSplit | None = None
+        self.test_set: Dataset | TensorSplit | None = None
+        self._train_loader: DataLoader | ResidentLoader | None = None
+        self._resume_at: dict[int, int] = {}  # from a checkpoint: {epoch: batches already trained}
+        self._resident: bool | None = None  # the pipeline chosen, once decided
+
+    # What a data set is: a subclass says.
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        raise NotImplementedError
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        raise NotImplementedError
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        raise NotImplementedError
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def check(self) -> None:
+        """Fail with a UserError on missing or bad files, before a run writes anything. Cheap: headers only."""
+
+    def has_test_split(self) -> bool:
+        """Whether there are test images (`proj.fit` skips its test without them)."""
+        return True
+
+    def read_split(self, split: Split) -> TensorSplit | None:
+        """A split as uint8 images (N, C, H, W) and int64 labels; None when the data set has no such split."""
+        raise NotImplementedError
+
+    @property
+    def cache_path(self) -> Path | None:
+        """Where the decoded splits are cached; None: decode every time."""
+        return None
+
+    def sources(self) -> list[Path]:
+        """The files the splits are read from: the cache is rebuilt when one changes."""
+        return []
+
+    def dataset(self, split: Split, transform: v2.Transform) -> Dataset | None:
+        """A split for the torchvision pipeline, transformed per sample. The default serves decoded tensors."""
+        decoded = self.read_split(split)
+        return None if decoded is None else TensorImages(*decoded, transform=transform)
+
+    def resident_bytes(self) -> int:
+        """The memory the decoded images of every split take (for `pipeline: auto`)."""
+        return 0
+
+    @property
+    def hparams_initial(self) -> AttributeDict:
+        """The settings as logged beside the model's (TensorBoard's HPARAMS tab), as data.* like their flags: a data
+        setting then never collides with a model setting of the same name (ImageFolder's and the CNN's channels)."""
+        initial = super().hparams_initial
+        return AttributeDict({f"data.{key.removeprefix('_')}": value for key, value in initial.items()})
+
+    def identity(self) -> dict[str, Any]:
+        """Which data this is: a checkpoint trained on other data does not fit it."""
+        return {
+            "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
+            "input_shape": list(self.input_shape),
+            "class_names": list(self.class_names),
+        }
+
+    def description(self) -> dict[str, Any]:
+        """What a trained model needs to know of its data, stored in its checkpoints (plain data only)."""
+        return {**self.identity(), "mean": list(self.mean), "std": list(self.std), "digits": self.DIGITS}
+
+    # What they share.
+
+    @property
+    def augmentation(self) -> dict[str, Any] | None:
+        """The random moves of training images (`random_affine`'s arguments), or None without them."""
+        if not self.hparams["augment"]:
+            return None
+        return {**self.AUGMENT, "scale": self.hparams["augment_scale"]}
+
+    def transform(self, train: bool) -> v2.Transform:
+        """Pixels to normalised float tensors; training images first get the random moves."""
+        steps: list[v2.Transform] = [v2.ToImage()]
+        if train and (moves := self.augmentation) is not None:
+            if moves.get("flip"):
+                steps.append(v2.RandomHorizontalFlip())
+            if padding := moves.get("crop", 0):
+                steps.append(v2.RandomCrop(list(self.input_shape[1:]), padding=padding))
+            degrees, translate, scale = moves.get("degrees", 0.0), moves.get("translate", 0.0), moves["scale"]
+            if degrees or translate or scale:
+                zoom = (1 - scale, 1 + scale)
+                steps.append(v2.RandomAffine(degrees=degrees, translate=(translate, translate), scale=zoom))
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(self.mean), list(self.std))]
+        return v2.Compose(steps)
+
+    def val_count(self, count: int) -> int:
+        """How many of `count` training images validation takes (`val_size` as a count or a fraction)."""
+        val_size = self.val_size
+        held_out = round(count * val_size) if isinstance(val_size, float) else val_size
+        if held_out >= count:
+            raise UserError(f"val_size {val_size} leaves no training images out of {count}: lower --data.val_size.")
+        return max(1, held_out)
+
+    def split_indices(self, count: int) -> tuple[Tensor, Tensor]:
+        """Indices of the training and the validation images, seeded by `split_seed`."""
+        val_size = self.val_count(count)
+        order = torch.randperm(count, generator=torch.Generator().manual_seed(self.hparams["split_seed"]))
+        return order[val_size:], order[:val_size]
+
+    @property
+    def resident(self) -> bool:
+        """Whether the resident pipeline serves this run; "auto" decides by `resident_budget_mb`, once."""
+        if self._resident is None:
+            pipeline = self.hparams["pipeline"]
+            self._resident = pipeline == "resident"
+            if pipeline == "auto":
+                size, budget = self.resident_bytes(), self.hparams["resident_budget_mb"] * 2**20
+                self._resident = size <= budget
+                if not self._resident:
+                    rank_zero_info(
+                        f"{type(self).__name__}: the decoded images take {size / 2**20:.0f} MiB, over "
+                        f"--data.resident_budget_mb {self.hparams['resident_budget_mb']}: using the torchvision "
+                        "(streaming) pipeline."
+                    )
+        return self._resident
+
+    def prepare_data(self) -> None:
+        """Download (a subclass's part) once per machine, then build the resident cache once, here, rather than in
+        every process's setup."""
+        if self.resident:
+            self.decoded()
+
+    def decoded(self) -> dict[str, TensorSplit]:
+        """Every split the data set has, as uint8 tensors: from the cache file when it matches the sources, else
+        read (and cached).
+
+        The cache is the "pre-transform": decoding happens once, not per run. It is rebuilt when a source
+        file changes (size or modification time), written atomically, and skipped where the folder is read-only.
+        """
+        path = self.cache_path
+        fingerprint = [CACHE_FORMAT, *([file.name, *_stat(file)] for file in self.sources())]
+        if path is not None:
+            try:
+                cached = torch.load(path, weights_only=True)
+                if cached["fingerprint"] == fingerprint:
+                    return cached["splits"]
+            except (OSError, RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError):
+                pass  # absent, stale or unreadable: decode again
+        splits = {split: decoded for split in ("train", "val", "test") if (decoded := self.read_split(split))}
+        if path is not None:
+            partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+            try:
+                torch.save({"fingerprint": fingerprint, "splits": splits}, partial)
+                os.replace(partial, path)  # readers see the old file or the whole new one
+            except (OSError, RuntimeError):  # a read-only folder: torch.save raises RuntimeError
+                partial.unlink(missing_ok=True)
+        return splits
+
+    def setup(self, stage: str) -> None:
+        fit = stage in ("fit", "validate") and self.train_set is None
+        test = stage in ("test", "predict") and self.test_set is None
+        if fit or test:
+            if self.resident:
+                self._setup_resident(fit, test)
+            else:
+                self._setup_streaming(fit, test)
+
+    def _setup_resident(self, fit: bool, test: bool) -> None:
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        splits = self.decoded()
+        if fit:
+            images, labels = splits["train"]
+            if "val" in splits:
+                self.val_set = tuple(tensor.to(device) for tensor in splits["val"])  # type: ignore[assignment]
+            else:
+                train, val = self.split_indices(len(images))
+                self.val_set = (images[val].to(device), labels[val].to(device))
+                images, labels = images[train], labels[train]
+            self.train_set = (images.to(device), labels.to(device))
+        if test and "test" in splits:
+            self.test_set = tuple(tensor.to(device) for tensor in splits["test"])  # type: ignore[assignment]
+
+    def _setup_streaming(self, fit: bool, test: bool) -> None:
+        if fit:
+            train = self.dataset("train", self.transform(train=True))
+            val = self.dataset("val", self.transform(train=False))
+            assert train is not None, "every data set has a training split"
+            if val is None:
+                train_indices, val_indices = self.split_indices(len(train))  # type: ignore[arg-type]
+                val = Subset(self.dataset("train", self.transform(train=False)), val_indices.tolist())  # type: ignore[arg-type]
+                train = Subset(train, train_indices.tolist())
+            self.train_set, self.val_set = train, val
+        if test:
+            self.test_set = self.dataset("test", self.transform(train=False))
+
+    def _loader(
+        self, split: Dataset | TensorSplit | None, train: bool = False, labels: bool = True
+    ) -> DataLoader | ResidentLoader:
+        if split is None:
+            raise RuntimeError("call setup() with the matching stage before asking for its loader")
+        if isinstance(split, tuple):
+            images, targets = split
+            return ResidentLoader(
+                images,
+                targets if labels else None,
+                batch_size=self.batch_size,
+                mean=self.mean,
+                std=self.std,
+                shuffle=train,
+                augment=self.augmentation if train else None,
+                seed=torch.initial_seed(),  # follows seed_everything
+                rank=self.trainer.global_rank if self.trainer is not None else 0,
+                world_size=self.trainer.world_size if self.trainer is not None else 1,
+            )
+        return DataLoader(
+            split if labels else ImagesOnly(split),
+            batch_size=self.batch_size,
+            shuffle=train,
+            num_workers=self.hparams["num_workers"],
+            pin_memory=self.hparams["pin_memory"],
+            persistent_workers=self.hparams["persistent_workers"],
+        )
+
+    def train_dataloader(self) -> DataLoader | ResidentLoader:
+        self._train_loader = self._loader(self.train_set, train=True)
+        if isinstance(self._train_loader, ResidentLoader):
+            self._train_loader.resume_at, self._resume_at = self._resume_at, {}
+        return self._train_loader
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the training epoch stands, saved in every checkpoint (resident pipeline).
+
+        A fit resumed from a mid-epoch checkpoint (SIGTERM) then goes on with the batches that epoch had not
+        trained on, as an uninterrupted run would; Lightning alone would replay the epoch from its start.
+        """
+        if not isinstance(self._train_loader, ResidentLoader):
+            return {}
+        return {"epoch": self._train_loader.epoch, "batches": self._train_loader.position}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        if not state_dict:
+            return
+        # Lightning warns that a mid-epoch resume replays batches unless the *loader* is stateful; ours resumes.
+        warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before the epoch ended")
+        self._resume_at = {state_dict["epoch"]: state_dict["batches"]}
+        if isinstance(self._train_loader, ResidentLoader):  # built before the restore (some strategies)
+            self._train_loader.resume_at = self._resume_at
+
+    def val_dataloader(self) -> DataLoader | ResidentLoader:
+        return self._loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader | ResidentLoader:
+        if self.test_set is None:
+            raise UserError(f"{type(self).__name__} has no test split: there is nothing to test on.")
+        return self._loader(self.test_set)
+
+    def predict_dataloader(self) -> DataLoader | ResidentLoader:
+        return self._loader(self.test_set, labels=False)
+
+
+def _stat(path: Path) -> list[int]:
+    try:
+        stat = path.stat()
+    except OSError:
+        return [-1, -1]
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+class TensorImages(Dataset[tuple[Any, int]]):
+    """uint8 images (N, C, H, W) and labels held in memory, transformed one sample at a time."""
+
+    def __init__(self, images: Tensor, labels: Tensor, transform: v2.Transform) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        return self.transform(self.images[index]), int(self.labels[index])
+
+
+class ImagesOnly(Dataset[Tensor]):
+    """A labelled dataset with its labels dropped: what prediction sees."""
+
+    def __init__(self, dataset: Dataset[tuple[Tensor, int]]) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Tensor:
+        return self.dataset[index][0]
+
+
+def channel_stats(images: Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images (N, C, H, W), as fractions of 255, in chunks to bound memory."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for start in range(0, len(images), chunk):
+        pixels = images[start : start + chunk].to(torch.float64).transpose(0, 1).flatten(1) / 255
+        total += pixels.sum(dim=1)
+        squares += pixels.square().sum(dim=1)
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(1e-12).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())

@@ -1,0 +1,243 @@
+"""Macro-F1, the per-class test table and the class-named figures, on predictions chosen by the test."""
+
+from __future__ import annotations
+
+import functools
+from fractions import Fraction
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningDataModule, Trainer
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+from torchmetrics.classification import MulticlassAccuracy
+from torchvision.utils import make_grid
+
+import proj.callbacks.confusion_matrix
+import proj.callbacks.prediction_grid
+import proj.schedulers
+from conftest import quick_trainer
+from proj.callbacks import ConfusionMatrix, PredictionGrid
+from proj.callbacks.confusion_matrix import confusion_figure
+from proj.callbacks.prediction_grid import prediction_figure
+from proj.errors import UserError
+from proj.models import ImageClassifier, MLPClassifier
+from proj.models.base import per_class_table
+
+SHAPE = (3, 4, 6)  # colour, not square
+NAMES = ("T-shirt/top", "Trouser", "Ankle boot", "Bag")
+LABELS = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2, 3, 3])
+PREDS = torch.tensor([0, 0, 1, 2, 1, 1, 2, 0, 3, 1])
+# By hand, per class (tp, fp, fn) -> F1 = 2tp / (2tp + fp + fn):
+# 0: (2, 1, 2) -> 4/7; 1: (2, 2, 0) -> 2/3; 2: (1, 1, 1) -> 1/2; 3: (1, 0, 1) -> 2/3
+F1_MACRO = float((Fraction(4, 7) + Fraction(2, 3) + Fraction(1, 2) + Fraction(2, 3)) / 4)
+TABLE = [  # accuracy = tp / images of the class
+    "class        accuracy  images",
+    "T-shirt/top    50.00%       4",
+    "Trouser       100.00%       2",
+    "Ankle boot     50.00%       2",
+    "Bag            50.00%       2",
+]
+
+
+class FirstPixels(nn.Module):
+    """Logits read off the image: its first `num_classes` values, so a test chooses every prediction."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+
+    def forward(self, images: Tensor) -> Tensor:
+        return images.flatten(1)[:, : self.num_classes]
+
+
+class Scripted(ImageClassifier):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.net = FirstPixels(self.hparams["num_classes"])
+
+
+def images_predicted_as(preds: Tensor) -> Tensor:
+    torch.manual_seed(0)
+    images = torch.randn(len(preds), *SHAPE) * 0.1
+    images.view(len(preds), -1)[:, : len(NAMES)] += 5 * F.one_hot(preds, len(NAMES))
+    return images
+
+
+def loader() -> DataLoader:
+    """Three batches (4, 4, 2): the metrics must cover the epoch, not average its batches."""
+    return DataLoader(TensorDataset(images_predicted_as(PREDS), LABELS), batch_size=4)
+
+
+class NamedData(LightningDataModule):
+    class_names = NAMES
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+
+    def train_dataloader(self) -> DataLoader:
+        return loader()
+
+    def val_dataloader(self) -> DataLoader:
+        return loader()
+
+    def test_dataloader(self) -> DataLoader:
+        return loader()
+
+
+def scripted() -> Scripted:
+    model = Scripted(input_shape=SHAPE, num_classes=len(NAMES))
+    assert torch.equal(model(images_predicted_as(PREDS)).argmax(1), PREDS)
+    return model
+
+
+def test_val_and_test_log_macro_f1_over_the_epoch():
+    model = scripted()
+    (val,) = quick_trainer(limit_val_batches=None).validate(model, datamodule=NamedData(), verbose=False)
+    (test,) = quick_trainer(limit_test_batches=None).test(model, datamodule=NamedData(), verbose=False)
+    for stage, logged in (("val", val), ("test", test)):
+        assert logged[f"{stage}/f1_macro"] == pytest.approx(F1_MACRO, rel=1e-6)
+        assert logged[f"{stage}/acc"] == pytest.approx(0.6)
+        assert logged[f"{stage}/loss"] > 0
+
+
+def test_test_prints_per_class_accuracy_with_the_data_modules_names(capsys):
+    quick_trainer(limit_test_batches=None).test(scripted(), datamodule=NamedData(), verbose=False)
+    out = capsys.readouterr().out
+    assert f"\nTest accuracy per class:\n{chr(10).join(TABLE)}\n" in out
+    assert out.count("Test accuracy per class") == 1
+
+
+def test_per_class_names_come_from_the_checkpoint_or_are_indices(capsys):
+    model = scripted()
+    quick_trainer(limit_test_batches=None).test(model, dataloaders=loader(), verbose=False)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[lines.index("Test accuracy per class:") + 1 :][:5] == [
+        "class  accuracy  images",
+        "0        50.00%       4",
+        "1       100.00%       2",
+        "2        50.00%       2",
+        "3        50.00%       2",
+    ]
+    model.data_description = {"class_names": list(NAMES)}  # as loaded from a checkpoint
+    quick_trainer(limit_test_batches=None).test(model, dataloaders=loader(), verbose=False)
+    assert "\n".join(TABLE) in capsys.readouterr().out
+
+
+def test_per_class_table_only_on_global_rank_zero(capsys, monkeypatch):
+    monkeypatch.setattr(Trainer, "is_global_zero", property(lambda self: False))
+    quick_trainer(limit_test_batches=None).test(scripted(), datamodule=NamedData(), verbose=False)
+    assert "accuracy per class" not in capsys.readouterr().out
+
+
+def test_per_class_table_matches_torchmetrics_and_marks_classes_without_images():
+    preds, labels = torch.tensor([0, 1, 1, 0, 2]), torch.tensor([0, 1, 0, 0, 1])
+    accuracy = MulticlassAccuracy(4, average=None)(preds, labels)
+    table = per_class_table(["zero", "one", "two", "three"], accuracy, torch.tensor([3, 2, 0, 0]))
+    assert table.splitlines() == [
+        "class  accuracy  images",
+        "zero     66.67%       3",
+        "one      50.00%       2",
+        "two           -       0",
+        "three         -       0",
+    ]
+
+
+def test_fit_logs_what_logged_metrics_promises():
+    torch.manual_seed(0)
+    for l1 in (0.0, 1e-4):
+        model = MLPClassifier(input_shape=SHAPE, num_classes=len(NAMES), hidden_sizes=(8,), l1=l1)
+        trainer = quick_trainer(limit_train_batches=2, limit_val_batches=2)
+        trainer.fit(model, datamodule=NamedData())
+        logged = trainer.callback_metrics.keys()
+        assert set(model.logged_metrics) <= logged
+        assert {"val/f1_macro", "val/acc_best"} <= set(model.logged_metrics)
+        assert ("train/l1" in logged) == ("train/l1" in model.logged_metrics) == (l1 > 0)
+        assert not any(key.startswith("train/f1") for key in logged)  # accuracy and loss only for train
+
+
+@pytest.mark.parametrize(("monitor", "l1"), [("val/f1_macro", 0.0), ("train/l1", 1e-5)])
+def test_plateau_may_monitor_the_new_keys(monitor, l1):
+    plateau = functools.partial(proj.schedulers.ReduceLROnPlateau, monitor=monitor, mode="max")
+    model = MLPClassifier(input_shape=SHAPE, num_classes=4, hidden_sizes=(8,), scheduler=plateau, l1=l1)
+    assert model.configure_optimizers()["lr_scheduler"]["monitor"] == monitor
+
+
+def test_plateau_refuses_train_l1_without_a_penalty():
+    plateau = functools.partial(proj.schedulers.ReduceLROnPlateau, monitor="train/l1")
+    model = MLPClassifier(input_shape=SHAPE, num_classes=4, hidden_sizes=(8,), scheduler=plateau)
+    with pytest.raises(UserError, match=r"'train/l1', which is never logged.*val/f1_macro"):
+        model.configure_optimizers()
+
+
+def tick_labels(figure: Figure) -> tuple[list[str], list[str]]:
+    axes = figure.axes[0]
+    return [t.get_text() for t in axes.get_xticklabels()], [t.get_text() for t in axes.get_yticklabels()]
+
+
+def test_confusion_figure_is_labelled_with_class_names():
+    fashion = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    matrix = torch.randint(0, 1000, (10, 10))
+    figure = confusion_figure(matrix, fashion)
+    assert tick_labels(figure) == (fashion, fashion)
+    axes = figure.axes[0]
+    assert max(label.get_fontsize() for label in axes.get_xticklabels() + axes.get_yticklabels()) <= 8
+    assert sorted(int(text.get_text()) for text in axes.texts) == sorted(matrix.flatten().tolist())  # the counts
+
+
+class Writer:
+    """Stands in for TensorBoard's SummaryWriter: keeps the figures."""
+
+    def __init__(self) -> None:
+        self.figures: dict[str, Figure] = {}
+
+    def add_figure(self, tag: str, figure: Figure, global_step: int) -> None:
+        self.figures[tag] = figure
+
+
+def test_callbacks_draw_class_names_and_colour(monkeypatch):
+    writer = Writer()
+    for module in (proj.callbacks.confusion_matrix, proj.callbacks.prediction_grid):
+        monkeypatch.setattr(module, "tensorboard_writer", lambda trainer: writer)
+    callbacks = [ConfusionMatrix(), PredictionGrid(num_images=6)]
+    quick_trainer(limit_val_batches=None, callbacks=callbacks).validate(scripted(), datamodule=NamedData())
+
+    assert tick_labels(writer.figures["val/confusion_matrix"]) == (list(NAMES), list(NAMES))
+    cells = {int(text.get_text()) for text in writer.figures["val/confusion_matrix"].axes[0].texts}
+    assert cells == {0, 1, 2}  # ten images in all: the counts of the whole epoch
+
+    grid = writer.figures["val/predictions"].axes[0]
+    assert grid.images[0].get_array().shape[-1] == 3  # (H, W, RGB): in colour
+    titles = [text.get_text() for text in grid.texts]
+    assert titles == [f"{p} ({q})" for p, q in zip(*short(PREDS[:4], LABELS[:4]), strict=True)]  # first batch: 4
+
+
+def short(preds: Tensor, labels: Tensor) -> tuple[list[str], list[str]]:
+    cut = {"T-shirt/top": "T-shirt…", "Ankle boot": "Ankle b…"}
+    names = [cut.get(name, name) for name in NAMES]
+    return [names[i] for i in preds.tolist()], [names[i] for i in labels.tolist()]
+
+
+def test_prediction_figure_shows_colour_images_as_stored():
+    torch.manual_seed(0)
+    stored = torch.rand(5, 3, 7, 9)  # pixels in [0, 1], colour, not square
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    normalised = (stored - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    preds, labels = torch.tensor([0, 1, 2, 3, 0]), torch.tensor([0, 1, 2, 0, 3])
+    figure = prediction_figure(normalised, labels, preds, columns=4, names=NAMES, mean=mean, std=std)
+    shown = torch.as_tensor(figure.axes[0].images[0].get_array())
+    torch.testing.assert_close(shown, make_grid(stored, nrow=4, padding=4).permute(1, 2, 0), atol=1e-5, rtol=0)
+    texts = figure.axes[0].texts
+    assert [text.get_text() for text in texts] == [
+        "T-shirt… (T-shirt…)",
+        "Trouser (Trouser)",
+        "Ankle b… (Ankle b…)",
+        "Bag (T-shirt…)",
+        "T-shirt… (Bag)",
+    ]
+    assert [text.get_bbox_patch().get_facecolor()[:3] for text in texts][2:4] == [(0, 0, 0), (1, 0, 0)]  # red: wrong
+    # without names or normalisation: indices, and the grid stretched to its full range, grayscale kept as such
+    plain = prediction_figure(torch.randn(3, 1, 5, 5), torch.arange(3), torch.arange(3))
+    assert [text.get_text() for text in plain.axes[0].texts] == ["0 (0)", "1 (1)", "2 (2)"]
+    assert plain.axes[0].images[0].get_array().ndim == 2
