@@ -26,6 +26,7 @@ SCHEDULER_CONFIGS = {
     name: CONFIGS / "scheduler" / f"{name}.yaml" for name in ("step", "exponential", "cosine", "plateau", "warmup")
 }
 NUM_TRAIN, NUM_TEST, VAL_SIZE = 600, 200, 100
+MNIST_SHAPE: dict[str, Any] = {"input_shape": (1, 28, 28), "num_classes": 10}  # a model for MNISTDataModule
 
 
 @pytest.fixture(scope="session")

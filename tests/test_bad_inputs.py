@@ -9,15 +9,23 @@ import pytest
 import torch
 
 import proj.cli
+import proj.fit
 from conftest import NUM_TRAIN, VAL_SIZE, run_fit
-from proj.data.synthetic import write_synthetic_mnist
+from proj.data.synthetic import write_image_folder, write_synthetic_cifar10, write_synthetic_mnist
 
 
 @pytest.fixture(scope="module")
 def existing_run(mnist_dir, tmp_path_factory) -> Path:
-    """logs/ holding one finished MLP run (checkpoints, config, events) that no bad command may touch."""
+    """logs/ holding finished runs (checkpoints, config, events) that no bad command may touch: an MLP on MNIST,
+    and one on the 3x32x32 colour images of images/ beside logs/ (logs/imagefolder)."""
     logs = tmp_path_factory.mktemp("existing") / "logs"
     run_fit(mnist_dir, logs, "--model", "MLPClassifier")
+    images = write_image_folder(logs.parent / "images", per_class=6)
+    flags = ["--data", "ImageFolderDataModule", "--data.root", str(images), "--data.val_size", "0.2"]
+    flags += ["--data.batch_size", "8", "--data.num_workers", "0", "--model", "MLPClassifier"]
+    flags += ["--model.hidden_sizes", "[16]", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"]
+    flags += ["--trainer.accelerator", "cpu", "--trainer.logger.init_args.save_dir", str(logs)]
+    proj.fit.main([*flags, "--trainer.enable_progress_bar", "false", "--test_after_fit", "false"])
     return logs
 
 
@@ -51,6 +59,46 @@ def bare_checkpoint(tmp_path: Path, logs: Path) -> Path:
     del checkpoint["hyper_parameters"]
     torch.save(checkpoint, tmp_path / "bare.ckpt")
     return tmp_path / "bare.ckpt"
+
+
+def image_folder(tmp_path: Path, problem: str) -> list[str]:
+    """Flags choosing a folder of images (3 classes of 3 colour images) with the `problem`."""
+    root = tmp_path / "images"
+    if problem == "empty":
+        root.mkdir()
+    elif problem == "classes without train/":  # root/<class>/ rather than root/train/<class>/
+        write_image_folder(tmp_path / "staging", per_class=3)
+        (tmp_path / "staging" / "train").rename(root)
+    elif problem == "no class folders":
+        (root / "train").mkdir(parents=True)
+    elif problem == "one class":
+        write_image_folder(root, classes=("owl",), per_class=3)
+    else:
+        write_image_folder(root, per_class=3)
+    if problem == "no images":
+        for image in (root / "train" / "owl").iterdir():
+            image.unlink()
+        (root / "train" / "owl" / "notes.txt").write_text("owls to come")
+    elif problem == "corrupt image":
+        (root / "train" / "dog" / "001.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a PNG")
+    return ["--data", "ImageFolderDataModule", "--data.root", str(root), "--data.val_size", "0.2"]
+
+
+def cifar(tmp_path: Path, problem: str) -> list[str]:
+    """Flags choosing CIFAR-10 files with the `problem` (download off)."""
+    data_dir = tmp_path / "cifar"
+    if problem == "truncated":
+        batch = write_synthetic_cifar10(data_dir, num_train=50, num_test=10) / "cifar-10-batches-py" / "data_batch_3"
+        batch.write_bytes(batch.read_bytes()[:2000])
+    flags = ["--data", "CIFAR10DataModule", "--data.data_dir", str(data_dir), "--data.download", "false"]
+    return [*flags, "--data.val_size", "10"]
+
+
+def folder_checkpoint_of_other_size(tmp_path: Path, logs: Path) -> list[str]:
+    """The colour-image run's checkpoint (3x32x32) with the same folder read at 16x16."""
+    checkpoint = logs / "imagefolder" / "version_0" / "checkpoints" / "last.ckpt"
+    flags = ["--data", "ImageFolderDataModule", "--data.root", str(logs.parent / "images"), "--data.val_size", "0.2"]
+    return [*flags, "--data.image_size", "16", "--ckpt_path", str(checkpoint)]
 
 
 def unknown_key_config(tmp_path: Path, logs: Path) -> Path:
@@ -123,6 +171,55 @@ CATALOGUE = {
     ),
     "unknown flag": (["--trainer.max_epocs", "3"], ["--trainer.max_epocs", "spelling"]),
     "missing config file": (["--config", "nowhere.yaml"], ["nowhere.yaml", "no such file"]),
+    "unknown data set": (["--data", "NoSuchData"], ["--data NoSuchData: no such class", "ImageFolderDataModule"]),
+    "image folder that does not exist": (
+        lambda tmp, logs: ["--data", "ImageFolderDataModule", "--data.root", str(tmp / "nowhere")],
+        ["--data.root", "nowhere' does not exist", "train/<class>/"],
+    ),
+    "empty image folder": (
+        lambda tmp, logs: image_folder(tmp, "empty"),
+        ["images' has no train/ folder", "images/train/<class name>/"],
+    ),
+    "image folder of class folders without train/": (
+        lambda tmp, logs: image_folder(tmp, "classes without train/"),
+        ["images' has no train/ folder", "images/train/<class name>/"],
+    ),
+    "train/ without class folders": (
+        lambda tmp, logs: image_folder(tmp, "no class folders"),
+        ["train holds no class folders", "at least 2 classes"],
+    ),
+    "image folder of one class": (
+        lambda tmp, logs: image_folder(tmp, "one class"),
+        ["train holds only the class 'owl'", "at least 2 classes"],
+    ),
+    "class folder without images": (
+        lambda tmp, logs: image_folder(tmp, "no images"),
+        ["train/owl has no image files", ".png", "add images or remove it"],
+    ),
+    "corrupt image file": (
+        lambda tmp, logs: image_folder(tmp, "corrupt image"),
+        ["train/dog/001.png is not a readable image", "repair or remove the file"],
+    ),
+    "corrupt image file, size and channels given": (  # found when decoding (no header to read for the shape)
+        lambda tmp, logs: [*image_folder(tmp, "corrupt image"), "--data.image_size", "32", "--data.channels", "3"],
+        ["train/dog/001.png is not a readable image", "repair or remove the file"],
+    ),
+    "image size 0": (
+        lambda tmp, logs: [*image_folder(tmp, "fine"), "--data.image_size", "0"],
+        ["image_size must be positive, got [0, 0]", "--data.image_size"],
+    ),
+    "no CIFAR-10, download off": (
+        lambda tmp, logs: cifar(tmp, "missing"),
+        ["CIFAR-10 not found", "lacks data_batch_1", "--data.download false", "--data.data_dir"],
+    ),
+    "truncated CIFAR-10 batch": (
+        lambda tmp, logs: cifar(tmp, "truncated"),
+        ["data_batch_3 is truncated or not a CIFAR-10 batch", "replace it with the original file"],
+    ),
+    "checkpoint of another input shape": (
+        folder_checkpoint_of_other_size,
+        ["ImageFolderDataModule (3x32x32, 3 classes)", "data is ImageFolderDataModule (3x16x16", "input shape differs"],
+    ),
 }
 if not torch.cuda.is_available():
     CATALOGUE["GPU asked for on a machine without one"] = (

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
+from conftest import MNIST_SHAPE
 from proj import bench
 from proj.data.synthetic import write_synthetic_mnist
+from proj.models import CNNClassifier
 
 pytestmark = pytest.mark.slow
 
@@ -29,3 +32,11 @@ def test_bench_reports_all_variants_and_ratios(tmp_path, capsys):
 def test_time_to_accuracy_needs_real_data(tmp_path):
     with pytest.raises(SystemExit):
         bench.main(["--data_dir", str(tmp_path), "--time_to_accuracy", "configs/mlp.yaml"])
+
+
+def test_ceiling_trains_a_cnn_on_the_data_modules_images():
+    """(d) takes the training split as the data module holds it: uint8 (N, 1, 28, 28), the layout a CNN needs."""
+    images = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    model = CNNClassifier(**MNIST_SHAPE, channels=(4, 8), hidden_size=16)
+    seconds = bench.time_ceiling(model, images, torch.randint(0, 10, (64,)), batch_size=32, epochs=2)
+    assert len(seconds) == 2 and all(second > 0 for second in seconds)

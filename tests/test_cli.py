@@ -86,6 +86,13 @@ def test_model_flags(mnist_dir):
     assert [m.out_features for m in model.net if isinstance(m, torch.nn.Linear)] == [64, 32, 10]
 
 
+def test_data_module_gives_the_model_its_input_shape_and_classes(mnist_dir):
+    model = build_cli(mnist_dir).model
+    assert (model.hparams["input_shape"], model.hparams["num_classes"]) == ([1, 28, 28], 10)
+    # Plain YAML in the logger's hparams.yaml (Lightning writes it with yaml.dump): no !!python/tuple
+    assert yaml.safe_load(yaml.dump(dict(model.hparams)))["input_shape"] == [1, 28, 28]
+
+
 @pytest.mark.parametrize(
     ("flags", "cls", "expected"),
     [

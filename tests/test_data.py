@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import NUM_TEST, NUM_TRAIN, VAL_SIZE, datamodule, quick_trainer
+from conftest import MNIST_SHAPE, NUM_TEST, NUM_TRAIN, VAL_SIZE, datamodule, quick_trainer
 from proj.data.idx import write_idx
 from proj.data.mnist import MEAN, STD
 from proj.data.synthetic import write_synthetic_mnist
@@ -32,7 +32,7 @@ def num_samples(split) -> int:
     """Length of a split of either pipeline: a torchvision dataset, or a resident (images, labels) tuple."""
     if isinstance(split, tuple):
         images, labels = split
-        assert images.shape[1:] == (28, 28)
+        assert images.shape[1:] == (1, 28, 28)
         assert images.dtype == torch.uint8
         assert labels.dtype == torch.int64
         assert labels.shape == (len(images),)
@@ -119,7 +119,7 @@ def test_resident_test_set_is_t10k(mnist_dir):
     assert num_samples(dm.test_set) == NUM_TEST
     images, labels = dm.test_set
     assert labels.tolist() == raw_labels(mnist_dir, "t10k").tolist()
-    assert torch.equal(images, torch.from_numpy(raw_images(mnist_dir, "t10k").copy()))
+    assert torch.equal(images, torch.from_numpy(raw_images(mnist_dir, "t10k").copy()).unsqueeze(1))
     batch_images, batch_labels = next(iter(dm.test_dataloader()))  # not shuffled: the first 32 in file order
     assert batch_labels.tolist() == raw_labels(mnist_dir, "t10k")[:32].tolist()
     torch.testing.assert_close(batch_images[5][0], normalised(raw_images(mnist_dir, "t10k")[5]))
@@ -151,7 +151,7 @@ def test_resident_normalisation_of_raw_pixels(mnist_dir, stage):
     assert images.dtype == torch.float32
     assert labels.dtype == torch.int64
     assert torch.equal(labels, split[1][order[:64]])
-    torch.testing.assert_close(images[:, 0], normalised(split[0][order[:64]].numpy()))
+    torch.testing.assert_close(images, normalised(split[0][order[:64]].numpy()))
     assert images.min().item() == pytest.approx(-MEAN / STD, abs=1e-6)  # pixel 0
     assert images.max().item() == pytest.approx((1 - MEAN) / STD, abs=1e-6)  # pixel 255, the class patch
 
@@ -169,7 +169,7 @@ def test_resident_no_augmentation_by_default(mnist_dir):
     loader = dm.train_dataloader()
     assert loader.augment is None
     images, order = torch.cat([batch for batch, _ in loader]), loader.indices()
-    torch.testing.assert_close(images[:, 0], normalised(dm.train_set[0][order].numpy()))
+    torch.testing.assert_close(images, normalised(dm.train_set[0][order].numpy()))
 
 
 def test_augmentation_changes_train_images_only(mnist_dir):
@@ -195,7 +195,7 @@ def test_resident_augmentation_changes_train_images_only(mnist_dir):
     assert images.shape == (32, 1, 28, 28)
     assert torch.equal(labels, dm.train_set[1][order[:32]])  # labels unchanged
     plain = normalised(dm.train_set[0][order[:32]].numpy())
-    for image, original in zip(images[:, 0], plain, strict=True):  # every image moved, none left as is
+    for image, original in zip(images, plain, strict=True):  # every image moved, none left as is
         assert not torch.allclose(image, original, atol=1e-3)
     train.set_epoch(1)  # drawn anew every epoch
     again = next(iter(train))[0]
@@ -203,7 +203,7 @@ def test_resident_augmentation_changes_train_images_only(mnist_dir):
     val = dm.val_dataloader()
     assert val.augment is None
     val_images = torch.cat([batch for batch, _ in val])
-    torch.testing.assert_close(val_images[:, 0], normalised(dm.val_set[0].numpy()))
+    torch.testing.assert_close(val_images, normalised(dm.val_set[0].numpy()))
 
 
 @pytest.mark.parametrize("pipeline", PIPELINES)
@@ -360,7 +360,7 @@ def test_checkpoint_with_path_data_dir_loads_weights_only(mnist_dir, tmp_path):
     """torch.load defaults to weights_only=True: the data module's hparams in a checkpoint must be plain data."""
     assert isinstance(mnist_dir, Path)  # what write_synthetic_mnist returns; data_dir is typed str | Path
     trainer = quick_trainer(limit_train_batches=1, limit_val_batches=0)
-    trainer.fit(MLPClassifier(hidden_sizes=(8,)), datamodule=datamodule(mnist_dir))
+    trainer.fit(MLPClassifier(**MNIST_SHAPE, hidden_sizes=(8,)), datamodule=datamodule(mnist_dir))
     trainer.save_checkpoint(tmp_path / "model.ckpt")
     checkpoint = torch.load(tmp_path / "model.ckpt", weights_only=True)
     assert Path(checkpoint["datamodule_hyper_parameters"]["data_dir"]) == mnist_dir

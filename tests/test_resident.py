@@ -18,8 +18,9 @@ import torchvision
 from lightning.pytorch import Callback, seed_everything
 from torch.utils.data import DistributedSampler
 
-import proj.data.mnist
-from conftest import NUM_TEST, NUM_TRAIN, VAL_SIZE, datamodule, quick_trainer
+import proj.data.base
+from conftest import MNIST_SHAPE, NUM_TEST, NUM_TRAIN, VAL_SIZE, datamodule, quick_trainer
+from proj.data import MNISTDataModule
 from proj.data.mnist import AUGMENT, MEAN, STD
 from proj.data.resident import ResidentLoader, random_affine
 from proj.data.synthetic import write_synthetic_mnist
@@ -27,8 +28,9 @@ from proj.models import MLPClassifier
 
 
 def normalised(pixels: torch.Tensor) -> torch.Tensor:
-    """(x/255 - 0.1307)/0.3081, as issue #3 states it, with a channel axis: (N, 28, 28) uint8 -> (N, 1, 28, 28)."""
-    return ((pixels.float() / 255 - 0.1307) / 0.3081).unsqueeze(1)
+    """(x/255 - 0.1307)/0.3081, as issue #3 states it: (N, 1, 28, 28) uint8 -> (N, 1, 28, 28) float."""
+    assert pixels.shape[1:] == (1, 28, 28)
+    return (pixels.float() / 255 - 0.1307) / 0.3081
 
 
 def epoch(loader) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,7 +41,8 @@ def epoch(loader) -> tuple[torch.Tensor, torch.Tensor]:
 
 def loader(count: int = 10, **kwargs) -> ResidentLoader:
     """A loader over `count` distinct synthetic images whose labels are their indices."""
-    images = torch.randint(0, 256, (count, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(count))
+    generator = torch.Generator().manual_seed(count)
+    images = torch.randint(0, 256, (count, 1, 28, 28), dtype=torch.uint8, generator=generator)
     options = {"batch_size": 4, "mean": MEAN, "std": STD}
     return ResidentLoader(images, torch.arange(count), **{**options, **kwargs})
 
@@ -65,7 +68,7 @@ def test_full_epoch_matches_torchvision_reader(mnist_dir, stage):
     assert images.dtype == torch.float32
     assert labels.dtype == torch.int64
     assert torch.equal(labels, expected_labels)
-    torch.testing.assert_close(images, normalised(expected_images))
+    torch.testing.assert_close(images, normalised(expected_images.unsqueeze(1)))
 
 
 def test_val_split_matches_torchvision_pipeline_batch_for_batch(mnist_dir):
@@ -86,7 +89,7 @@ def test_split_indices_match_torchvision_pipeline(mnist_dir):
     classic.setup("fit")
     for ours, theirs in ((resident.train_set, classic.train_set), (resident.val_set, classic.val_set)):
         indices = torch.tensor(theirs.indices)
-        assert torch.equal(ours[0], reader.data[indices])
+        assert torch.equal(ours[0], reader.data[indices].unsqueeze(1))
         assert torch.equal(ours[1], reader.targets[indices])
 
 
@@ -111,7 +114,8 @@ def test_predict_through_trainer_sees_bare_images(mnist_dir):
             seen.append(batch)
             return super().predict_step(batch, batch_idx)
 
-    predictions = quick_trainer().predict(Model(hidden_sizes=(8,)), datamodule=datamodule(mnist_dir, batch_size=64))
+    model = Model(**MNIST_SHAPE, hidden_sizes=(8,))
+    predictions = quick_trainer().predict(model, datamodule=datamodule(mnist_dir, batch_size=64))
     assert all(isinstance(batch, torch.Tensor) for batch in seen)
     assert [len(batch) for batch in seen] == [64] * (NUM_TEST // 64) + [NUM_TEST % 64]
     assert torch.cat(predictions).shape == (NUM_TEST, 10)
@@ -349,7 +353,7 @@ def test_len_is_the_number_of_batches(count, batch_size, world_size):
 
 
 def test_without_labels_yields_bare_images():
-    images = torch.randint(0, 256, (10, 28, 28), dtype=torch.uint8)
+    images = torch.randint(0, 256, (10, 1, 28, 28), dtype=torch.uint8)
     loaded = ResidentLoader(images, None, batch_size=4, mean=MEAN, std=STD)
     batches = list(loaded)
     assert all(isinstance(batch, torch.Tensor) for batch in batches)
@@ -412,7 +416,7 @@ def assert_matches_files(dm, root: Path) -> None:
     classic.setup("fit")
     for ours, theirs in ((dm.train_set, classic.train_set), (dm.val_set, classic.val_set)):
         indices = torch.tensor(theirs.indices)
-        assert torch.equal(ours[0], reader.data[indices])
+        assert torch.equal(ours[0], reader.data[indices].unsqueeze(1))
         assert torch.equal(ours[1], reader.targets[indices])
 
 
@@ -420,10 +424,11 @@ def assert_matches_files(dm, root: Path) -> None:
 def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     """torchvision's reader fails when called: whatever still works used the cache."""
 
-    def refuse(*args, **kwargs):
-        raise AssertionError("decoded the IDX files again instead of using the cache")
+    class MNIST(torchvision.datasets.MNIST):  # the same name: the data module's folder is named after it
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("decoded the IDX files again instead of using the cache")
 
-    monkeypatch.setattr(proj.data.mnist, "MNIST", refuse)
+    monkeypatch.setattr(MNISTDataModule, "dataset_class", MNIST)
 
 
 def test_first_setup_writes_the_cache(data_dir):
@@ -434,7 +439,7 @@ def test_first_setup_writes_the_cache(data_dir):
     assert_matches_files(dm, data_dir)
     cached = torch.load(cache_of(data_dir), weights_only=True)
     reader = torchvision.datasets.MNIST(data_dir, train=False)
-    assert torch.equal(cached["splits"]["test"][0], reader.data)
+    assert torch.equal(cached["splits"]["test"][0], reader.data.unsqueeze(1))
     assert torch.equal(cached["splits"]["test"][1], reader.targets)
 
 
@@ -454,7 +459,7 @@ def test_second_setup_reuses_the_cache(data_dir, request):
             for ours, theirs in zip((*dm.train_set, *dm.val_set), (*first.train_set, *first.val_set), strict=True):
                 assert torch.equal(ours, theirs)
         else:
-            assert dm.test_set[0].shape == (20, 28, 28)
+            assert dm.test_set[0].shape == (20, 1, 28, 28)
     datamodule(data_dir, pipeline="resident", val_size=10).prepare_data()
     assert cache_of(data_dir).stat().st_mtime_ns == written  # not rewritten
     assert leftovers(data_dir) == []
@@ -508,13 +513,30 @@ def test_corrupt_cache_is_ignored_and_rebuilt(data_dir, how):
     assert leftovers(data_dir) == []
 
 
+def test_cache_of_the_previous_format_is_rebuilt(data_dir):
+    """Caches written before images had a channel axis held (N, 28, 28) splits under a fingerprint of the same
+    files: they must be decoded again, not served with the old layout."""
+    reader = {split: torchvision.datasets.MNIST(data_dir, train=split == "train") for split in ("train", "test")}
+    raw = data_dir / "MNIST" / "raw"
+    names = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    fingerprint = [[name, (raw / name).stat().st_size, (raw / name).stat().st_mtime_ns] for name in names]
+    splits = {split: (dataset.data, dataset.targets) for split, dataset in reader.items()}
+    torch.save({"fingerprint": fingerprint, "splits": splits}, cache_of(data_dir))
+    dm = fresh_setup(data_dir)
+    assert dm.train_set[0].shape[1:] == (1, 28, 28)
+    assert_matches_files(dm, data_dir)
+    cached = torch.load(cache_of(data_dir), weights_only=True)
+    assert cached["splits"]["test"][0].shape == (20, 1, 28, 28)
+    assert leftovers(data_dir) == []
+
+
 def test_failed_cache_write_leaves_nothing_behind(data_dir, monkeypatch):
     """Where the cache cannot be put in place, setup still works, and the partial file is removed."""
 
     def fail(source, target):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(proj.data.mnist.os, "replace", fail)
+    monkeypatch.setattr(proj.data.base.os, "replace", fail)
     dm = fresh_setup(data_dir)
     assert_matches_files(dm, data_dir)
     assert not cache_of(data_dir).exists()
@@ -588,7 +610,7 @@ def fit(data_dir: Path, seed: int, monkeypatch: pytest.MonkeyPatch) -> tuple[dic
     monkeypatch.setattr(ResidentLoader, "set_epoch", spy)
     seed_everything(seed, verbose=False)
     record = Record()
-    model = MLPClassifier(hidden_sizes=(16,))
+    model = MLPClassifier(**MNIST_SHAPE, hidden_sizes=(16,))
     trainer = quick_trainer(max_epochs=2, limit_train_batches=4, limit_val_batches=1, callbacks=[record])
     trainer.fit(model, datamodule=datamodule(data_dir, pipeline="resident", augment=True, batch_size=16))
     assert isinstance(trainer.train_dataloader, ResidentLoader)  # not replaced or wrapped by Lightning
@@ -647,7 +669,7 @@ def test_ddp_ranks_get_disjoint_covering_shards(mnist_dir, tmp_path):
     trainer = quick_trainer(
         strategy="ddp_spawn", devices=2, max_epochs=2, limit_train_batches=2, callbacks=[SaveShards(tmp_path)]
     )
-    trainer.fit(MLPClassifier(hidden_sizes=(8,)), datamodule=datamodule(mnist_dir, pipeline="resident"))
+    trainer.fit(MLPClassifier(**MNIST_SHAPE, hidden_sizes=(8,)), datamodule=datamodule(mnist_dir, pipeline="resident"))
     count = NUM_TRAIN - VAL_SIZE
     for number in range(2):
         shards = [json.loads((tmp_path / f"{rank}-{number}.json").read_text()) for rank in range(2)]
@@ -671,7 +693,7 @@ def test_resume_from_checkpoint_continues_exactly(mnist_dir, tmp_path):
 
     def fit(max_epochs: int, ckpt_path: str | None = None, checkpoint_dir: Path | None = None) -> MLPClassifier:
         seed_everything(7)
-        model = MLPClassifier(hidden_sizes=(32,), dropout=0.0)
+        model = MLPClassifier(**MNIST_SHAPE, hidden_sizes=(32,), dropout=0.0)
         callbacks = [ModelCheckpoint(dirpath=checkpoint_dir, save_last=True)] if checkpoint_dir else []
         trainer = quick_trainer(
             max_epochs=max_epochs,

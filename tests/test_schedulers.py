@@ -9,7 +9,7 @@ import yaml
 
 import proj.cli
 import proj.schedulers
-from conftest import MODEL_CONFIGS, SCHEDULER_CONFIGS, build_cli, datamodule, quick_trainer
+from conftest import MNIST_SHAPE, MODEL_CONFIGS, SCHEDULER_CONFIGS, build_cli, datamodule, quick_trainer
 from proj.errors import UserError
 from proj.models import MLPClassifier
 from proj.schedulers import WarmupDecay
@@ -89,7 +89,7 @@ def test_warmup_decay_state_round_trip():
 
 def sgd_model(**kwargs) -> MLPClassifier:
     optimizer = functools.partial(torch.optim.SGD, lr=kwargs.pop("lr", 0.1))
-    return MLPClassifier(hidden_sizes=(16,), batch_norm=False, optimizer=optimizer, **kwargs)
+    return MLPClassifier(**MNIST_SHAPE, hidden_sizes=(16,), batch_norm=False, optimizer=optimizer, **kwargs)
 
 
 @pytest.mark.parametrize(("interval", "expected_steps"), [("epoch", 3), ("step", 6)])

@@ -92,7 +92,7 @@ def test_batch_size_finder_reports_only_sizes_that_ran(mnist_dir, tmp_path, caps
         (["lr", "--mode", "cosine"], "unknown --mode 'cosine' for the lr finder: use exponential or linear"),
         (["batch_size", "--mode", "exponential"], "unknown --mode 'exponential' for the batch_size finder"),
         (["lr", "--trainer.fast_dev_run", "true"], "the finders do not run with --trainer.fast_dev_run"),
-        (["lr", "--data.batch_sizee", "3"], "'--data.batch_sizee 3': check their spelling"),  # a fit flag
+        (["lr", "--data.batch_sizee", "3"], "unknown key data.batch_sizee: check its spelling"),  # a fit flag
     ],
 )
 def test_errors_are_one_line(mnist_dir, tmp_path, capsys, args, message):

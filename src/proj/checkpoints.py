@@ -108,10 +108,11 @@ def check_same_data(checkpoint: dict[str, Any], path: str | Path, datamodule: Im
             name = data.get("class_path", "?").rpartition(".")[2]
             return f"{name} ({shape}, {len(data.get('class_names', []))} classes)"
 
+        fix = "the data settings it was trained with" if "class_path" not in differ else "its data"
         raise UserError(
             f"checkpoint {str(path)!r} was trained on {describe(trained_on)}, but this run's data is {describe(here)} "
-            f"({differ[0].replace('_', ' ')} differs): pass --data {trained_on.get('class_path', '?')} with its "
-            "settings, or that run's --config <run>/config.yaml."
+            f"({differ[0].replace('_', ' ')} differs): pass {fix} (--data {trained_on.get('class_path', '?')} ...), "
+            "or that run's --config <run>/config.yaml."
         )
 
 

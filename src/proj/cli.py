@@ -112,8 +112,12 @@ class ProjCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        for attribute in ("input_shape", "num_classes"):
-            parser.link_arguments(f"data.{attribute}", f"model.init_args.{attribute}", apply_on="instantiate")
+        # As a list, the way a parsed config holds it: a tuple would be dumped as !!python/tuple in the logger's
+        # hparams.yaml, which yaml.safe_load (TensorBoard's readers, a user's script) cannot read.
+        parser.link_arguments(
+            "data.input_shape", "model.init_args.input_shape", compute_fn=list, apply_on="instantiate"
+        )
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_argument(

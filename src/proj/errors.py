@@ -49,6 +49,7 @@ def user_error_in(err: BaseException) -> UserError | None:
 # These patterns find the line that matters; the key is the chain of `Parser key "..."` above it.
 CLASS_HINTS = {
     "model": "MLPClassifier or CNNClassifier (or a full import path)",
+    "data": "MNISTDataModule, FashionMNISTDataModule, CIFAR10DataModule or ImageFolderDataModule (or an import path)",
     "optimizer": "a torch.optim class such as SGD, Adam or AdamW",
     "scheduler": "a torch.optim.lr_scheduler class such as StepLR or CosineAnnealingLR, or proj.schedulers.WarmupDecay",
 }

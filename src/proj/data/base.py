@@ -12,6 +12,7 @@ A subclass provides:
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import warnings
@@ -149,7 +150,8 @@ class ImageDataModule(LightningDataModule):
         return []
 
     def dataset(self, split: Split, transform: v2.Transform) -> Dataset | None:
-        """A split for the torchvision pipeline, transformed per sample. The default serves decoded tensors."""
+        """A split for the torchvision pipeline, transformed per sample by its `transform` attribute (torchvision's
+        convention). The default serves decoded tensors."""
         decoded = self.read_split(split)
         return None if decoded is None else TensorImages(*decoded, transform=transform)
 
@@ -162,7 +164,8 @@ class ImageDataModule(LightningDataModule):
         """The settings as logged beside the model's (TensorBoard's HPARAMS tab), as data.* like their flags: a data
         setting then never collides with a model setting of the same name (ImageFolder's and the CNN's channels)."""
         initial = super().hparams_initial
-        return AttributeDict({f"data.{key.removeprefix('_')}": value for key, value in initial.items()})
+        logged = {key: value for key, value in initial.items() if not key.startswith("_") or key == "_class_path"}
+        return AttributeDict({f"data.{key.removeprefix('_')}": value for key, value in logged.items()})
 
     def identity(self) -> dict[str, Any]:
         """Which data this is: a checkpoint trained on other data does not fit it."""
@@ -292,10 +295,11 @@ class ImageDataModule(LightningDataModule):
             train = self.dataset("train", self.transform(train=True))
             val = self.dataset("val", self.transform(train=False))
             assert train is not None, "every data set has a training split"
-            if val is None:
-                train_indices, val_indices = self.split_indices(len(train))  # type: ignore[arg-type]
-                val = Subset(self.dataset("train", self.transform(train=False)), val_indices.tolist())  # type: ignore[arg-type]
-                train = Subset(train, train_indices.tolist())
+            if val is None:  # held out of train: the same decoded images, without augmentation
+                held_out: Any = copy.copy(train)
+                held_out.transform = self.transform(train=False)
+                train_indices, val_indices = self.split_indices(len(held_out))
+                train, val = Subset(train, train_indices.tolist()), Subset(held_out, val_indices.tolist())
             self.train_set, self.val_set = train, val
         if test:
             self.test_set = self.dataset("test", self.transform(train=False))

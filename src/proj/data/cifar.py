@@ -90,6 +90,8 @@ class CIFAR10DataModule(ImageDataModule):
         missing = [path.name for path in self.sources() if not path.is_file()]
         if missing and not self.hparams["download"]:
             raise self._not_found(missing, "downloading is off (--data.download false)")
+        if not missing:  # unlike MNIST's headers, a batch must be read to be checked: read once, into the cache
+            self.val_count(len(self.decoded()["train"][1]))
 
     def prepare_data(self) -> None:
         """Download once per machine (torchvision checks the files' checksums), before `setup` runs in every process."""

@@ -144,14 +144,14 @@ class ImageFolderDataModule(ImageDataModule):
         return headers
 
     def check(self) -> None:
-        self.files()
+        headers = self._headers()  # names a file that is no image; a truncated one is found when it is decoded
         if self._size is None or self._channels is None:
-            self._infer_shape()
+            self._infer_shape(headers)
         if "val" not in self.files():
             self.val_count(len(self.files()["train"]))
 
-    def _infer_shape(self) -> None:
-        headers = self._headers()
+    def _infer_shape(self, headers: list[tuple[str, tuple[int, int]]] | None = None) -> None:
+        headers = self._headers() if headers is None else headers
         if self._channels is None:
             self._channels = 1 if all(mode in ("1", "L", "I", "I;16", "F") for mode, _ in headers) else 3
         if self._size is None:

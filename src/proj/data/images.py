@@ -76,7 +76,7 @@ def _opened(source: Source) -> Iterator[Image.Image]:
                 yield image
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{source} is not a readable image ({reason}): repair or remove the file") from err
+        raise UserError(f"{source} is not a readable image ({reason}): repair or remove the file.") from err
 
 
 def read_image(source: Source, channels: int, size: tuple[int, int] | None) -> Tensor:

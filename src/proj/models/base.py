@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -77,7 +78,7 @@ class ImageClassifier(LightningModule):
 
     def __init__(
         self,
-        input_shape: tuple[int, int, int],
+        input_shape: Sequence[int],
         num_classes: int,
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: SchedulerCallable | None = None,
@@ -86,6 +87,7 @@ class ImageClassifier(LightningModule):
         l1: float = 0.0,
     ) -> None:
         super().__init__()
+        input_shape = [int(side) for side in input_shape]  # hparams stay plain: a tuple is !!python/tuple in YAML
         if len(input_shape) != 3 or min(input_shape) < 1:
             raise UserError(f"input_shape must be (channels, height, width), got {list(input_shape)}.")
         if num_classes < 2:
