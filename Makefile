@@ -1,6 +1,6 @@
 PYTHON ?= python3
 
-.PHONY: install test test-unit lint typecheck smoke bench notebooks tensorboard clean
+.PHONY: install test test-unit lint typecheck smoke bench bench-cache notebooks tensorboard clean
 
 install:  ## install proj and its dev tools (torch from the pins in pyproject.toml)
 	$(PYTHON) -m pip install -e ".[dev]"
@@ -26,6 +26,9 @@ smoke:  ## one short epoch on real MNIST in $(DATA)
 bench:  ## epoch seconds: classic loop vs proj (torchvision / resident pipelines) vs compute ceiling
 	$(PYTHON) -m proj.bench --data_dir $(DATA) --output bench.json
 
+bench-cache:  ## the resident cache: decode and load seconds, memory, for MNIST, Fashion-MNIST and 50,000 3x32x32 images
+	$(PYTHON) -m proj.bench --cache --data_dir $(DATA) --output bench-cache.json
+
 notebooks:  ## execute notebooks/*.ipynb (outputs are not saved) on MNIST in $(DATA)
 	PROJ_DATA_DIR=$(abspath $(DATA)) $(PYTHON) -m pytest --nbmake notebooks/
 
@@ -33,4 +36,4 @@ tensorboard:
 	$(PYTHON) -m tensorboard.main --logdir logs
 
 clean:
-	rm -rf logs bench.json .pytest_cache .mypy_cache .ruff_cache
+	rm -rf logs bench.json bench-cache.json .pytest_cache .mypy_cache .ruff_cache

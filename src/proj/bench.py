@@ -10,6 +10,11 @@ without validation, logging or progress bar, in `--epochs` interleaved rounds of
 same initial weights); the fastest epoch of each is reported. Real MNIST when `--data_dir` holds it, else synthetic data
 of the same size.
 
+`--cache` instead measures the resident pipeline's pre-transform cache for MNIST, Fashion-MNIST, a CIFAR-format
+set of 50,000 3x32x32 training images and a folder of 50,000 PNGs: the seconds to decode the files and write
+the cache, to load it on the next run, its size in memory and the process's peak memory (each in a fresh
+process). Real MNIST / Fashion-MNIST when `--data_dir` holds them, else synthetic data of the same size.
+
 `--time_to_accuracy CONFIG...` instead trains each config as `python -m proj.fit` would (callbacks, logging,
 validation and all), and the same model, optimizer and schedule in the classic loop, and reports the training
 seconds until the official test accuracy first reaches 98% and 99% (measured after every epoch, outside the
@@ -224,8 +229,75 @@ def time_to_accuracy(configs: list[str], data_dir: str, workers: int) -> dict[st
     return results
 
 
-def has_mnist(data_dir: str) -> bool:
-    return all((Path(data_dir) / "MNIST" / "raw" / name).is_file() for files in SPLIT_FILES.values() for name in files)
+def has_mnist(data_dir: str, folder: str = "MNIST") -> bool:
+    return all((Path(data_dir) / folder / "raw" / name).is_file() for files in SPLIT_FILES.values() for name in files)
+
+
+def measure_cache(name: str, data_dir: str, scratch: str) -> dict[str, Any]:
+    """Decode (cache miss) and load (cache hit) one data set's splits; run in a fresh process for its peak memory."""
+    import resource
+
+    from proj.data import CIFAR10DataModule, FashionMNISTDataModule, ImageDataModule, ImageFolderDataModule
+    from proj.data.synthetic import write_image_folder, write_synthetic_cifar10, write_synthetic_fashion_mnist
+
+    source = "real"
+    data: ImageDataModule
+    if name in ("MNIST", "FashionMNIST"):
+        if not has_mnist(data_dir, name):
+            data_dir, source = scratch, "synthetic"
+            writer = write_synthetic_mnist if name == "MNIST" else write_synthetic_fashion_mnist
+            writer(scratch, num_train=60_000, num_test=10_000)
+        module = MNISTDataModule if name == "MNIST" else FashionMNISTDataModule
+        build: Callable[[], ImageDataModule] = partial(module, data_dir, download=False)
+    elif name == "CIFAR-format":
+        source = "synthetic"
+        write_synthetic_cifar10(scratch, num_train=50_000, num_test=10_000)
+        build = partial(CIFAR10DataModule, scratch, download=False)
+    else:
+        source = "synthetic PNGs"
+        write_image_folder(scratch, classes=[str(i) for i in range(10)], per_class=5_000, size=(32, 32))
+        build = partial(ImageFolderDataModule, scratch)
+    data = build()
+    if data.cache_path is not None:
+        data.cache_path.unlink(missing_ok=True)
+    start = time.perf_counter()
+    splits = data.decoded()
+    decode = time.perf_counter() - start
+    start = time.perf_counter()
+    build().decoded()  # a new run: the cache file is read
+    load = time.perf_counter() - start
+    cache = data.cache_path
+    return {
+        "source": source,
+        "images": sum(len(labels) for _, labels in splits.values()),
+        "shape": list(data.input_shape),
+        "decode_seconds": decode,
+        "load_seconds": load,
+        "memory_mb": sum(images.nbytes + labels.nbytes for images, labels in splits.values()) / 2**20,
+        "cache_file_mb": cache.stat().st_size / 2**20 if cache is not None and cache.is_file() else 0.0,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10,
+    }
+
+
+def cache_report(data_dir: str) -> dict[str, Any]:
+    import multiprocessing
+
+    results = {}
+    print(
+        f"{'data set':<14}{'source':<16}{'images':>8}{'shape':>10}{'decode s':>10}{'load s':>8}{'memory MB':>11}"
+        f"{'file MB':>9}{'peak RSS MB':>13}"
+    )
+    context = multiprocessing.get_context("spawn")
+    for name in ("MNIST", "FashionMNIST", "CIFAR-format", "ImageFolder"):
+        with tempfile.TemporaryDirectory(prefix="proj-bench-") as scratch, context.Pool(1) as pool:
+            row = pool.apply(measure_cache, (name, data_dir, scratch))
+        results[name] = row
+        shape = "x".join(str(side) for side in row["shape"])
+        print(
+            f"{name:<14}{row['source']:<16}{row['images']:>8}{shape:>10}{row['decode_seconds']:>10.2f}"
+            f"{row['load_seconds']:>8.2f}{row['memory_mb']:>11.0f}{row['cache_file_mb']:>9.0f}{row['peak_rss_mb']:>13.0f}"
+        )
+    return results
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -238,7 +310,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, help="what to time")
     parser.add_argument("--output", default="bench.json", help="where the figures are written as JSON")
     parser.add_argument("--time_to_accuracy", nargs="+", metavar="CONFIG", help="configs to race to 98%%/99%%")
+    parser.add_argument("--cache", action="store_true", help="time and size the resident cache of four data sets")
     args = parser.parse_args(argv)
+
+    if args.cache:
+        report = cache_report(args.data_dir)
+        Path(args.output).write_text(json.dumps(report, indent=2))
+        print(f"\nfigures written to {args.output}")
+        return report
 
     if args.time_to_accuracy:
         if not has_mnist(args.data_dir):

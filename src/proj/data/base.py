@@ -248,7 +248,8 @@ class ImageDataModule(LightningDataModule):
         file changes (size or modification time), written atomically, and skipped where the folder is read-only.
         """
         path = self.cache_path
-        fingerprint = [CACHE_FORMAT, *([file.name, *_stat(file)] for file in self.sources())]
+        # A source's last three path parts: the class folder of an image too, not only the file name.
+        fingerprint = [CACHE_FORMAT, *(["/".join(file.parts[-3:]), *_stat(file)] for file in self.sources())]
         if path is not None:
             try:
                 cached = torch.load(path, weights_only=True)
