@@ -40,3 +40,23 @@ def test_ceiling_trains_a_cnn_on_the_data_modules_images():
     model = CNNClassifier(**MNIST_SHAPE, channels=(4, 8), hidden_size=16)
     seconds = bench.time_ceiling(model, images, torch.randint(0, 10, (64,)), batch_size=32, epochs=2)
     assert len(seconds) == 2 and all(second > 0 for second in seconds)
+
+
+def test_cache_report_sizes_every_data_set(tmp_path, capsys):
+    """`make bench-cache`: four data sets, each decoded and reloaded in a fresh process; memory is N x C x H x W."""
+    data_dir = write_synthetic_mnist(tmp_path / "data", num_train=300, num_test=100)
+    output = tmp_path / "cache.json"
+    bench.main(["--cache", "--cache_images", "200", "--data_dir", str(data_dir), "--output", str(output)])
+
+    results = json.loads(output.read_text())
+    assert list(results) == ["MNIST", "FashionMNIST", "CIFAR-format", "ImageFolder"]
+    expected = {"MNIST": (400, [1, 28, 28]), "FashionMNIST": (70_000, [1, 28, 28])}
+    expected |= {"CIFAR-format": (240, [3, 32, 32]), "ImageFolder": (200, [3, 32, 32])}
+    for name, (count, shape) in expected.items():
+        row = results[name]
+        assert (row["images"], row["shape"]) == (count, shape), name
+        pixels = count * shape[0] * shape[1] * shape[2]
+        assert row["memory_mb"] == pytest.approx((pixels + 8 * count) / 2**20), name  # uint8 images, int64 labels
+        assert row["decode_seconds"] > 0 and row["load_seconds"] > 0 and row["peak_rss_mb"] > 0
+        assert row["cache_file_mb"] >= pixels / 2**20
+    assert "decode s" in capsys.readouterr().out

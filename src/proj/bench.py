@@ -233,7 +233,7 @@ def has_mnist(data_dir: str, folder: str = "MNIST") -> bool:
     return all((Path(data_dir) / folder / "raw" / name).is_file() for files in SPLIT_FILES.values() for name in files)
 
 
-def measure_cache(name: str, data_dir: str, scratch: str) -> dict[str, Any]:
+def measure_cache(name: str, data_dir: str, scratch: str, images: int = 50_000) -> dict[str, Any]:
     """Decode (cache miss) and load (cache hit) one data set's splits; run in a fresh process for its peak memory."""
     import resource
 
@@ -251,11 +251,11 @@ def measure_cache(name: str, data_dir: str, scratch: str) -> dict[str, Any]:
         build: Callable[[], ImageDataModule] = partial(module, data_dir, download=False)
     elif name == "CIFAR-format":
         source = "synthetic"
-        write_synthetic_cifar10(scratch, num_train=50_000, num_test=10_000)
+        write_synthetic_cifar10(scratch, num_train=images, num_test=images // 5)
         build = partial(CIFAR10DataModule, scratch, download=False)
     else:
         source = "synthetic PNGs"
-        write_image_folder(scratch, classes=[str(i) for i in range(10)], per_class=5_000, size=(32, 32))
+        write_image_folder(scratch, classes=[str(i) for i in range(10)], per_class=images // 10, size=(32, 32))
         build = partial(ImageFolderDataModule, scratch)
     data = build()
     if data.cache_path is not None:
@@ -279,7 +279,7 @@ def measure_cache(name: str, data_dir: str, scratch: str) -> dict[str, Any]:
     }
 
 
-def cache_report(data_dir: str) -> dict[str, Any]:
+def cache_report(data_dir: str, images: int = 50_000) -> dict[str, Any]:
     import multiprocessing
 
     results = {}
@@ -290,7 +290,7 @@ def cache_report(data_dir: str) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")
     for name in ("MNIST", "FashionMNIST", "CIFAR-format", "ImageFolder"):
         with tempfile.TemporaryDirectory(prefix="proj-bench-") as scratch, context.Pool(1) as pool:
-            row = pool.apply(measure_cache, (name, data_dir, scratch))
+            row = pool.apply(measure_cache, (name, data_dir, scratch, images))
         results[name] = row
         shape = "x".join(str(side) for side in row["shape"])
         print(
@@ -311,10 +311,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--output", default="bench.json", help="where the figures are written as JSON")
     parser.add_argument("--time_to_accuracy", nargs="+", metavar="CONFIG", help="configs to race to 98%%/99%%")
     parser.add_argument("--cache", action="store_true", help="time and size the resident cache of four data sets")
+    parser.add_argument("--cache_images", type=int, default=50_000, help="training images of the two 3x32x32 sets")
     args = parser.parse_args(argv)
 
     if args.cache:
-        report = cache_report(args.data_dir)
+        report = cache_report(args.data_dir, args.cache_images)
         Path(args.output).write_text(json.dumps(report, indent=2))
         print(f"\nfigures written to {args.output}")
         return report

@@ -26,7 +26,7 @@ from torch import nn
 
 from proj.checkpoints import load_classifier
 from proj.data import CIFAR10DataModule, FashionMNISTDataModule, ImageDataModule, MNISTDataModule
-from proj.data.images import PREPROCESS, SUFFIXES, Preprocess, prepare, resolve_preprocess
+from proj.data.images import PREPROCESS, SUFFIXES, Preprocess, image_files, prepare, resolve_preprocess
 from proj.errors import UserError, exit_on_user_error
 from proj.outputs import atomic_output, check_output
 
@@ -43,13 +43,7 @@ def find_images(inputs: Sequence[str | Path]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found += sorted(
-                file
-                for file in path.rglob("*")
-                if file.suffix.lower() in SUFFIXES
-                and file.is_file()
-                and not any(part.startswith(".") for part in file.relative_to(path).parts)
-            )
+            found += image_files(path)
         elif path.exists():
             found.append(path)
         else:

@@ -3,7 +3,8 @@ resume position and the input checks. A data set is a subclass that says where i
 they are (`mnist.py` is the model to copy; `folder.py` reads any folder of images).
 
 A subclass provides:
-- `class_names`, `input_shape` (C, H, W), `mean`/`std` (per channel, of pixels scaled to [0, 1]);
+- `CLASS_NAMES`, `INPUT_SHAPE` (C, H, W), `MEAN`/`STD` (per channel, of pixels scaled to [0, 1]), or properties
+  `class_names`, `input_shape`, `mean`, `std` that find them out (see folder.py);
 - `check()`: cheap checks of the files (run before anything is written), `prepare_data()` to download;
 - `read_split(split)`: a split as uint8 images (N, C, H, W) and int64 labels, for the resident pipeline;
 - optionally `dataset(split, transform)`: a per-sample Dataset for the streaming pipeline (the default wraps
@@ -63,6 +64,10 @@ class ImageDataModule(LightningDataModule):
         split_seed: seed of the train/val split, independent of the training seed.
     """
 
+    CLASS_NAMES: ClassVar[tuple[str, ...]] = ()
+    INPUT_SHAPE: ClassVar[tuple[int, int, int]] = (0, 0, 0)  # (C, H, W)
+    MEAN: ClassVar[tuple[float, ...]] = ()  # per channel, of pixels scaled to [0, 1]
+    STD: ClassVar[tuple[float, ...]] = ()
     AUGMENT: ClassVar[dict[str, Any]] = {}  # `random_affine`'s arguments for this data set's augmentation
     # None as the flag's default, the data set's own here: jsonargparse keeps a value given for one class when
     # `--data` picks another, so a per-class default in the signature would leak into the next class.
@@ -107,23 +112,23 @@ class ImageDataModule(LightningDataModule):
         self._resume_at: dict[int, int] = {}  # from a checkpoint: {epoch: batches already trained}
         self._resident: bool | None = None  # the pipeline chosen, once decided
 
-    # What a data set is: a subclass says.
+    # What a data set is: a subclass says, by these constants or by overriding the properties below.
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        raise NotImplementedError
+        return self.CLASS_NAMES
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        raise NotImplementedError
+        return self.INPUT_SHAPE
 
     @property
     def mean(self) -> tuple[float, ...]:
-        raise NotImplementedError
+        return self.MEAN
 
     @property
     def std(self) -> tuple[float, ...]:
-        raise NotImplementedError
+        return self.STD
 
     @property
     def num_classes(self) -> int:

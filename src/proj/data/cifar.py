@@ -45,30 +45,17 @@ class CIFAR10DataModule(ImageDataModule):
 
     # The classic CIFAR augmentation: mirror images, and crop 32x32 from the image padded by 4 pixels.
     AUGMENT: ClassVar[dict[str, Any]] = {"flip": True, "crop": 4}
-    CLASS_NAMES: ClassVar[tuple[str, ...]] = (
+    CLASS_NAMES = (
         "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"
     )  # fmt: skip
+    INPUT_SHAPE = (3, SIDE, SIDE)
+    MEAN = (0.4914, 0.4822, 0.4465)  # of the 50,000 training images
+    STD = (0.2470, 0.2435, 0.2616)
 
     def __init__(self, data_dir: str | Path = "data", download: bool = True, **kwargs: Any) -> None:
         data_dir = str(data_dir)  # hparams stay plain data: a Path would not load with weights_only=True
         super().__init__(**kwargs)
         self.data_dir = Path(data_dir)
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self.CLASS_NAMES
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return (3, SIDE, SIDE)
-
-    @property
-    def mean(self) -> tuple[float, ...]:
-        return (0.4914, 0.4822, 0.4465)  # of the 50,000 training images
-
-    @property
-    def std(self) -> tuple[float, ...]:
-        return (0.2470, 0.2435, 0.2616)
 
     @property
     def folder(self) -> Path:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from torchvision.datasets import MNIST, FashionMNIST
 
@@ -21,7 +21,7 @@ class FashionMNISTDataModule(MNISTDataModule):
     dataset_class: ClassVar[type[MNIST]] = FashionMNIST
     # A mirrored shirt is still a shirt, and garments sit a few pixels off centre: flips and padded crops.
     AUGMENT: ClassVar[dict[str, Any]] = {"flip": True, "crop": 2}
-    DIGITS: ClassVar[bool] = False
-    MEAN: ClassVar[tuple[float, ...]] = (0.2860,)  # of the 60,000 training images
-    STD: ClassVar[tuple[float, ...]] = (0.3530,)
-    CLASS_NAMES: ClassVar[tuple[str, ...]] = tuple(FashionMNIST.classes)
+    DIGITS = False
+    MEAN = (0.2860,)  # of the 60,000 training images
+    STD = (0.3530,)
+    CLASS_NAMES = tuple(FashionMNIST.classes)

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from proj.data.base import ImageDataModule, Split, TensorSplit, channel_stats
-from proj.data.images import SUFFIXES, read_image
+from proj.data.images import SUFFIXES, image_files, read_image
 from proj.errors import UserError
 
 STATS_SAMPLE = 1000  # training images that the streaming pipeline measures mean and std on
@@ -115,13 +115,7 @@ class ImageFolderDataModule(ImageDataModule):
             raise UserError(f"{folder} has classes that train/ lacks: {', '.join(unknown)}. Give train/ those folders.")
         found = []
         for index, name in enumerate(classes):
-            images = sorted(
-                path
-                for path in (folder / name).rglob("*")
-                if path.suffix.lower() in SUFFIXES
-                and path.is_file()
-                and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-            )
+            images = image_files(folder / name)
             if split == "train" and not images:
                 raise UserError(
                     f"class folder {folder / name} has no image files ({', '.join(SUFFIXES)}): add images or remove it."

@@ -47,6 +47,18 @@ PREPROCESS: tuple[Preprocess, ...] = ("auto", "digit", "resize", "none")
 Source = str | Path | Image.Image
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The image files under `folder` (by suffix), sorted; hidden files and folders (.ipynb_checkpoints, macOS
+    "._" copies) skipped."""
+    return sorted(
+        path
+        for path in folder.rglob("*")
+        if path.suffix.lower() in SUFFIXES
+        and path.is_file()
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    )
+
+
 def read_gray(source: str | Path | Image.Image) -> Tensor:
     """The image as grayscale (H, W) floats in [0, 1]; colour, alpha, bit depth and EXIF rotation dealt with.
 

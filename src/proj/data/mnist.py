@@ -35,32 +35,17 @@ class MNISTDataModule(ImageDataModule):
     """
 
     dataset_class: ClassVar[type[MNIST]] = MNIST  # torchvision's reader and downloader for these files
-    AUGMENT: ClassVar[dict[str, Any]] = AUGMENT
-    DIGITS: ClassVar[bool] = True
-    MEAN: ClassVar[tuple[float, ...]] = (MEAN,)
-    STD: ClassVar[tuple[float, ...]] = (STD,)
-    CLASS_NAMES: ClassVar[tuple[str, ...]] = tuple(str(digit) for digit in range(10))
+    AUGMENT = AUGMENT
+    DIGITS = True
+    MEAN = (MEAN,)
+    STD = (STD,)
+    CLASS_NAMES = tuple(str(digit) for digit in range(10))
+    INPUT_SHAPE = (1, 28, 28)
 
     def __init__(self, data_dir: str | Path = "data", download: bool = True, **kwargs: Any) -> None:
         data_dir = str(data_dir)  # hparams stay plain data: a Path would not load with weights_only=True
         super().__init__(**kwargs)
         self.data_dir = Path(data_dir)
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self.CLASS_NAMES
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return (1, 28, 28)
-
-    @property
-    def mean(self) -> tuple[float, ...]:
-        return self.MEAN
-
-    @property
-    def std(self) -> tuple[float, ...]:
-        return self.STD
 
     @property
     def raw_dir(self) -> Path:
