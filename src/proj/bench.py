@@ -132,7 +132,7 @@ def time_proj(model: ImageClassifier, data_dir: str, pipeline: str, batch_size: 
 def time_ceiling(
     model: ImageClassifier, images: Tensor, labels: Tensor, batch_size: int, epochs: int = 1
 ) -> list[float]:
-    images = images.float().div(255).sub(MEAN).div(STD)  # uint8 (N, 1, 28, 28), as the data module holds them
+    images = images.float().div(255).sub(MEAN).div(STD)  # uint8 (N, C, H, W), as the data module holds them
     optimizer, _ = optimization(model)
     model.train()
     seconds = []
