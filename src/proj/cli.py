@@ -34,7 +34,7 @@ DEFAULTS = {
     "trainer.max_epochs": 5,
     "trainer.logger": {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-        "init_args": {"save_dir": "logs", "name": None, "default_hp_metric": False},  # name: see run_name
+        "init_args": {"save_dir": "logs", "name": None, "default_hp_metric": False},  # name: name_runs_after_data
     },
     "trainer.callbacks": [
         {"class_path": "lightning.pytorch.callbacks.RichProgressBar"},
