@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -221,7 +222,9 @@ class ImageClassifier(LightningModule):
     def on_test_end(self) -> None:
         # After the progress bar has closed (callbacks' on_test_end come first); before Lightning's results table.
         if self._test_table is not None and self.trainer.is_global_zero:
-            print(f"\nTest accuracy per class:\n{self._test_table}", flush=True)
+            # Past a Rich progress bar's stdout proxy, which would re-render it (and, in Jupyter, recurse).
+            out = getattr(sys.stdout, "rich_proxied_file", sys.stdout)
+            print(f"\nTest accuracy per class:\n{self._test_table}", file=out, flush=True)
         self._test_table = None
 
     def configure_optimizers(self) -> Any:
