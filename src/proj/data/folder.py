@@ -65,6 +65,7 @@ class ImageFolderDataModule(ImageDataModule):
         self._files: dict[str, list[tuple[Path, int]]] | None = None
         self._classes: list[str] | None = None
         self._stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+        self._header_list: list[tuple[str, tuple[int, int]]] | None = None
 
     @property
     def augmentation(self) -> dict[str, Any] | None:
@@ -124,7 +125,9 @@ class ImageFolderDataModule(ImageDataModule):
         return found
 
     def _headers(self) -> list[tuple[str, tuple[int, int]]]:
-        """Mode and (height, width) of every image, from its header; an unreadable file is named."""
+        """Mode and (height, width) of every image, from its header, read once; an unreadable file is named."""
+        if self._header_list is not None:
+            return self._header_list
         headers = []
         for split in self.files().values():
             for path, _ in split:
@@ -135,6 +138,7 @@ class ImageFolderDataModule(ImageDataModule):
                     raise UserError(
                         f"{path} is not a readable image ({type(err).__name__}): repair or remove the file."
                     ) from err
+        self._header_list = headers
         return headers
 
     def check(self) -> None:
