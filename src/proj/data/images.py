@@ -66,15 +66,10 @@ def read_gray(source: str | Path | Image.Image) -> Tensor:
     on it. Images with a side above MAX_SIDE are reduced (JPEGs decode at the reduced size directly).
     A file that is no readable image raises UserError.
     """
-    if isinstance(source, Image.Image):
-        return _gray(source)
-    try:
-        with Image.open(source) as image:
+    with _opened(source) as image:
+        if not isinstance(source, Image.Image):  # a caller's image stays as it is
             image.draft(None, (MAX_SIDE, MAX_SIDE))  # JPEG: decode at 1/2..1/8 scale
-            return _gray(image)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:  # Pillow's "bad file" errors
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"not a readable image ({reason})") from err
+        return _gray(image)
 
 
 @contextmanager
