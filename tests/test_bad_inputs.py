@@ -3,6 +3,7 @@ fix, no traceback, and leaves the existing run's logs and checkpoints as they we
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -95,8 +96,10 @@ def cifar(tmp_path: Path, problem: str) -> list[str]:
 
 
 def folder_checkpoint_of_other_size(tmp_path: Path, logs: Path) -> list[str]:
-    """The colour-image run's checkpoint (3x32x32) with the same folder read at 16x16."""
-    checkpoint = logs / "imagefolder" / "version_0" / "checkpoints" / "last.ckpt"
+    """The colour-image run's checkpoint (3x32x32) with the same folder read at 16x16. A copy away from its run,
+    whose config.yaml would otherwise be read first (resuming from a checkpoint alone)."""
+    checkpoint = tmp_path / "last.ckpt"
+    shutil.copy(logs / "imagefolder" / "version_0" / "checkpoints" / "last.ckpt", checkpoint)
     flags = ["--data", "ImageFolderDataModule", "--data.root", str(logs.parent / "images"), "--data.val_size", "0.2"]
     return [*flags, "--data.image_size", "16", "--ckpt_path", str(checkpoint)]
 

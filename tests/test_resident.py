@@ -24,6 +24,7 @@ from proj.data import MNISTDataModule
 from proj.data.mnist import AUGMENT, MEAN, STD
 from proj.data.resident import ResidentLoader, random_affine
 from proj.data.synthetic import write_synthetic_mnist
+from proj.errors import UserError
 from proj.models import MLPClassifier
 
 
@@ -530,17 +531,48 @@ def test_cache_of_the_previous_format_is_rebuilt(data_dir):
     assert leftovers(data_dir) == []
 
 
-def test_failed_cache_write_leaves_nothing_behind(data_dir, monkeypatch):
-    """Where the cache cannot be put in place, setup still works, and the partial file is removed."""
+def test_cache_write_on_a_full_disk_stops_with_the_path_and_leaves_the_old_cache(data_dir, monkeypatch):
+    """A full disk is a UserError naming the cache (exit 2 on the command line); the partial file is removed
+    and the previous cache stays whole."""
+    fresh_setup(data_dir)
+    before = cache_of(data_dir).read_bytes()
+    os.utime(data_dir / "MNIST" / "raw" / "train-labels-idx1-ubyte", ns=(1, 1))  # a source changed: rebuild
 
     def fail(source, target):
         raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(proj.data.base.os, "replace", fail)
+    with pytest.raises(UserError, match=r"cannot write the data cache '.*resident-uint8\.pt': no space left"):
+        fresh_setup(data_dir)
+    assert cache_of(data_dir).read_bytes() == before
+    assert leftovers(data_dir) == []
+
+
+def test_cache_write_refused_by_the_folder_is_skipped_with_one_line(data_dir, monkeypatch, capsys):
+    """A data folder that takes no new files (permissions) is no error: the cache only saves time."""
+
+    def fail(source, target):
+        raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(proj.data.base.os, "replace", fail)
     dm = fresh_setup(data_dir)
     assert_matches_files(dm, data_dir)
     assert not cache_of(data_dir).exists()
     assert leftovers(data_dir) == []
+    assert "Cannot write the data cache" in capsys.readouterr().out
+
+
+def test_bit_flipped_cache_of_the_right_size_is_detected_and_rebuilt(data_dir, capsys):
+    fresh_setup(data_dir)
+    cached = torch.load(cache_of(data_dir), weights_only=True)
+    cached["splits"]["train"][0].view(-1)[7] ^= 1  # one bit of one pixel, saved under the same fingerprint
+    torch.save(cached, cache_of(data_dir))
+    capsys.readouterr()
+    dm = fresh_setup(data_dir)
+    assert "is damaged (its checksum does not match): rebuilding it" in capsys.readouterr().out
+    assert_matches_files(dm, data_dir)
+    fresh_setup(data_dir)  # rebuilt whole: no message the second time
+    assert "damaged" not in capsys.readouterr().out
 
 
 def writable(folder: Path) -> bool:

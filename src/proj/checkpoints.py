@@ -6,6 +6,7 @@ import importlib
 import io
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     Lightning's own writer renames a temporary file from the system's temp folder: across file systems
     that is a copy, and a kill during the copy leaves a truncated `last.ckpt`. A rename within one folder
-    is atomic, so a crash at any moment leaves the previous checkpoint or the new one, never half of one.
+    is atomic, so a crash at any moment leaves the previous checkpoint or the new one, never half of one. A
+    failed write (a full disk, a read-only folder) removes its partial file and stops the run with a UserError.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
@@ -36,11 +38,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         partial = path.with_name(f".{path.name}.partial")
-        with open(partial, "wb") as file:
-            file.write(buffer.getbuffer())
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(partial, path)
+        try:
+            with open(partial, "wb") as file:
+                file.write(buffer.getbuffer())
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(partial, path)
+        except OSError as err:
+            raise UserError(
+                f"cannot write checkpoint {str(path)!r}: {err.strerror or err}. Nothing half-written is left and "
+                f"the previous {path.name} (if any) is intact; free space or write elsewhere (--trainer.logger."
+                "init_args.save_dir), then resume with --ckpt_path last."
+            ) from err
+        finally:  # also on a KeyboardInterrupt or a write error: no partial file is left to fill the disk
+            partial.unlink(missing_ok=True)
 
 
 def version_dirs(root: str | Path) -> list[Path]:
@@ -76,14 +87,36 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def classifier_class(checkpoint: dict[str, Any], path: str | Path) -> type[ImageClassifier]:
-    """The ImageClassifier subclass that wrote the checkpoint (LightningCLI records it as `_class_path`)."""
+TRUSTED_PACKAGE = "proj"  # model classes a checkpoint may name without the user naming them too
+
+
+def check_trusted(class_path: str, path: str | Path, trusted: Sequence[str] = ()) -> None:
+    """Refuse, before importing anything, a model class outside proj that the user did not name.
+
+    A checkpoint names the class that wrote it, and importing that class's module runs its code: a file from
+    elsewhere could name any module. Weights load with `weights_only=True`; this keeps the class as safe.
+    """
+    module_name = class_path.rpartition(".")[0]
+    if module_name == TRUSTED_PACKAGE or module_name.startswith(f"{TRUSTED_PACKAGE}.") or class_path in trusted:
+        return
+    raise UserError(
+        f"checkpoint {str(path)!r} names its model class {class_path}, outside {TRUSTED_PACKAGE}: loading it would "
+        f"import and run that code. If you trust the file and that package, name the class: --model {class_path}"
+    )
+
+
+def classifier_class(
+    checkpoint: dict[str, Any], path: str | Path, trusted: Sequence[str] = ()
+) -> type[ImageClassifier]:
+    """The ImageClassifier subclass that wrote the checkpoint (LightningCLI records it as `_class_path`): one of
+    proj's, or one of the `trusted` class paths."""
     class_path = checkpoint.get("hyper_parameters", {}).get("_class_path")
     if not isinstance(class_path, str) or "." not in class_path:
         raise UserError(
             f"checkpoint {str(path)!r} does not say which model wrote it (no _class_path; it was not written by "
             "the proj CLI): load it with that class, e.g. MLPClassifier.load_from_checkpoint(path)"
         )
+    check_trusted(class_path, path, trusted)
     module_name, _, name = class_path.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module_name), name)
@@ -134,11 +167,25 @@ def check_fits(checkpoint: dict[str, Any], path: str | Path, model: ImageClassif
         )
 
 
-def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") -> ImageClassifier:
-    """The trained model from a checkpoint, in eval mode, whatever ImageClassifier subclass wrote it."""
-    cls = classifier_class(read_checkpoint(path), path)
+def load_classifier(
+    path: str | Path, map_location: str | torch.device = "cpu", trusted: Sequence[str] = ()
+) -> ImageClassifier:
+    """The trained model from a checkpoint, in eval mode, whatever ImageClassifier subclass of proj (or of the
+    `trusted` class paths) wrote it."""
+    cls = classifier_class(read_checkpoint(path), path, trusted)
     try:
         model = cls.load_from_checkpoint(path, map_location=map_location)
     except (RuntimeError, KeyError, TypeError) as err:
         raise UserError(f"checkpoint {str(path)!r} does not fit {cls.__name__}: {str(err).splitlines()[0]}") from err
     return model.eval()
+
+
+def load_weights(model: ImageClassifier, path: str | Path) -> None:
+    """The checkpoint's network weights into `model` (`--weights_from`): the metrics' states (the best accuracy
+    so far) stay fresh, as the optimizer, schedule and epoch count do, for a run of its own."""
+    checkpoint = read_checkpoint(path)
+    check_fits(checkpoint, path, model)
+    weights = {key: value for key, value in checkpoint["state_dict"].items() if key.startswith("net.")}
+    if not weights:
+        raise UserError(f"checkpoint {str(path)!r} holds no network weights (no net.* tensors); {HINT}")
+    model.load_state_dict(weights, strict=False)

@@ -7,6 +7,7 @@ file sets defaults (model, logger, callbacks), adds `--test_after_fit`, makes ru
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,20 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from proj.callbacks.checkpoint import ResumableCheckpoint
+from proj.callbacks.continuation import Continuation
 from proj.callbacks.preemption import Preemption
 from proj.callbacks.rng_state import RNGState
 from proj.callbacks.run_record import RunRecord
-from proj.checkpoints import AtomicCheckpointIO, check_fits, check_same_data, find_last, read_checkpoint
+from proj.checkpoints import (
+    AtomicCheckpointIO,
+    check_fits,
+    check_same_data,
+    check_trusted,
+    find_last,
+    load_weights,
+    read_checkpoint,
+    version_dirs,
+)
 from proj.data import ImageDataModule
 from proj.errors import UserError, exit_on_user_error
 from proj.models import ImageClassifier
@@ -79,6 +90,34 @@ def expand_short_names(argv: list[str]) -> list[str]:
     return expanded
 
 
+CKPT_KEYWORDS = ("best", "last", "hpc", "registry")  # --ckpt_path values that are Lightning's words, not files
+
+
+def with_run_config(argv: list[str]) -> list[str]:
+    """`SUBCOMMAND --ckpt_path <run>/checkpoints/X.ckpt` without `--config`: the run's own config.yaml first, so
+    that it goes on with its data and Trainer settings (flags given still override them; Lightning #16014)."""
+    if argv[:1] not in (["fit"], ["validate"], ["test"], ["predict"]):
+        return argv
+    ckpt_path = None
+    for index, arg in enumerate(argv):
+        flag, equals, value = arg.partition("=")
+        if flag == "--config":
+            return argv
+        if flag == "--ckpt_path":
+            ckpt_path = value if equals else next(iter(argv[index + 1 : index + 2]), None)
+    if ckpt_path is None or ckpt_path in CKPT_KEYWORDS or ckpt_path.startswith("registry:"):
+        return argv
+    config_file = Path(ckpt_path).parent.parent / "config.yaml"
+    if not config_file.is_file():
+        print(
+            f"No config.yaml beside {ckpt_path}: the model comes from the checkpoint, the data and Trainer settings "
+            "are the defaults (pass --config <its run>/config.yaml if it has one elsewhere)."
+        )
+        return argv
+    print(f"Settings from {config_file}, the run that wrote {ckpt_path}; flags given override them.")
+    return [argv[0], "--config", str(config_file), *argv[1:]]
+
+
 def name_runs_after_data(config: Namespace) -> None:
     """Runs of a logger without a name go under the data set's: logs/mnist, logs/fashionmnist, logs/imagefolder..."""
     logger = config.get("trainer", Namespace()).get("logger")
@@ -95,6 +134,14 @@ class ProjCLI(LightningCLI):
     """
 
     def __init__(self, args: ArgsType = None, **kwargs: object) -> None:
+        self._claimed: list[Path] = []  # run folders created by _claim_run_folder, deepest first
+        self._existing_times: tuple[Path, os.stat_result]  # the deepest folder that existed, and its times
+        try:
+            self._run_cli(args, **kwargs)
+        finally:
+            self._release_unused_folder()
+
+    def _run_cli(self, args: ArgsType, **kwargs: object) -> None:
         super().__init__(
             ImageClassifier,
             ImageDataModule,
@@ -106,7 +153,7 @@ class ProjCLI(LightningCLI):
             # Parse errors reach main() as exceptions, to be shortened, instead of printing the whole usage.
             parser_kwargs={"exit_on_error": False, **{name: {"exit_on_error": False} for name in self.subcommands()}},
             # Always on, whatever --trainer.callbacks says: a resumed run must draw the same random numbers.
-            trainer_defaults={"callbacks": [RNGState(), Preemption()]},
+            trainer_defaults={"callbacks": [RNGState(), Preemption(), Continuation()]},
             args=args,
             **kwargs,  # type: ignore[arg-type]
         )
@@ -121,6 +168,13 @@ class ProjCLI(LightningCLI):
         parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_argument(
+            "--weights_from",
+            type=str | None,
+            default=None,
+            help="Start a new fit from this checkpoint's model weights only (fresh optimizer, schedule and epoch "
+            "count, a new run folder): fine-tuning. --ckpt_path instead continues the checkpoint's run.",
+        )
+        parser.add_argument(
             "--test_after_fit",
             type=bool,
             default=False,
@@ -133,7 +187,7 @@ class ProjCLI(LightningCLI):
             self.argv: list[str] = []
             self.config = parser.parse_object(args)
         else:
-            self.argv = expand_short_names(sys.argv[1:] if args is None else list(args))
+            self.argv = with_run_config(expand_short_names(sys.argv[1:] if args is None else list(args)))
             self.config = parser.parse_args(self.argv)
         subcommand = self.config.get("subcommand")
         name_runs_after_data(self.config[subcommand] if subcommand else self.config)
@@ -154,6 +208,8 @@ class ProjCLI(LightningCLI):
                 self.checkpoint = read_checkpoint(path)
                 written_by = self.checkpoint.get("hyper_parameters", {}).get("_class_path")
                 asked_for = config.model.class_path
+                if isinstance(written_by, str):  # before Lightning imports it (below) to build the model
+                    check_trusted(written_by, path, [asked_for] if self._model_given(config) else [])
                 if written_by and written_by != asked_for and self._model_given(config):
                     raise UserError(
                         f"checkpoint {str(path)!r} was written by {written_by}, but this run builds {asked_for}: "
@@ -176,6 +232,45 @@ class ProjCLI(LightningCLI):
         self._drop_disabled_callbacks(config.trainer)
         if self.subcommand == "fit":
             self._continue_run(config)
+        self._claim_run_folder(config)
+
+    def _claim_run_folder(self, config: Namespace) -> None:
+        """A new run takes the next free version_N folder by creating it, which only one process can do: two runs
+        started together under one logger root get distinct folders (the logger's own choice, the highest
+        existing number plus one, races)."""
+        logger = config.trainer.get("logger")
+        init_args = logger.get("init_args") if isinstance(logger, Namespace) else None
+        root = self._logger_root(config)
+        if root is None or init_args is None or "version" not in init_args or init_args.version is not None:
+            return
+        if int(os.environ.get("LOCAL_RANK", 0)) or int(os.environ.get("NODE_RANK", 0)):
+            return  # a process launched for distributed training: rank 0 chose the folder and broadcasts it
+        missing = [folder for folder in (root, *root.parents) if not folder.exists()]
+        existing = (missing[-1] if missing else root / "version_").parent
+        self._existing_times = (existing, existing.stat())
+        root.mkdir(parents=True, exist_ok=True)
+        versions = version_dirs(root)
+        version = int(versions[-1].name.removeprefix("version_")) + 1 if versions else 0
+        while True:
+            try:
+                (root / f"version_{version}").mkdir()
+                break
+            except FileExistsError:
+                version += 1
+        init_args.version = version
+        self._claimed = [root / f"version_{version}", *missing]
+
+    def _release_unused_folder(self) -> None:
+        """A run stopped before writing anything leaves no trace: its empty folder goes (rmdir removes only empty
+        ones) and the folder holding it gets back its modification time."""
+        try:
+            for folder in self._claimed:
+                folder.rmdir()
+        except OSError:
+            return  # the run wrote into its folder: it stays
+        if self._claimed:
+            folder, times = self._existing_times
+            os.utime(folder, ns=(times.st_atime_ns, times.st_mtime_ns))
 
     @staticmethod
     def _drop_disabled_callbacks(trainer: Namespace) -> None:
@@ -194,18 +289,31 @@ class ProjCLI(LightningCLI):
         ]
 
     def _continue_run(self, config: Namespace) -> None:
-        """A fit resumed from a checkpoint of a run under the logger's folder continues in that run's folder."""
+        """A fit resumed from a checkpoint of a run under the logger's folder continues in that run's folder
+        (whose config.yaml stays; run.yaml records the continuation)."""
+        if config.get("weights_from") is not None:
+            if config.get("ckpt_path") is not None:
+                raise UserError(
+                    "--weights_from starts a new run from a checkpoint's weights and --ckpt_path continues the "
+                    "checkpoint's own run: pass one of them."
+                )
+            self.save_config_kwargs["weights_from"] = str(config.weights_from)
         if (ckpt_path := self._checkpoint_file(config)) is not None:
             run = ckpt_path.resolve().parent.parent
             if self._logger_root(config) == run.parent and run.name.startswith("version_"):
                 config.trainer.logger.init_args.version = int(run.name.removeprefix("version_"))
-                self.save_config_kwargs["overwrite"] = True  # the same run, continued
+                checkpoint = self.checkpoint or {}
+                self.save_config_kwargs["continues"] = {
+                    "path": str(ckpt_path),
+                    "epoch": checkpoint.get("epoch"),
+                    "global_step": checkpoint.get("global_step"),
+                }
 
     @staticmethod
     def _checkpoint_file(config: Namespace) -> Path | None:
         """--ckpt_path as a file, or None when absent or one of Lightning's keywords ("best", "hpc"...)."""
         ckpt_path = config.get("ckpt_path")
-        if ckpt_path in (None, "best", "last", "hpc", "registry") or str(ckpt_path).startswith("registry:"):
+        if ckpt_path is None or ckpt_path in CKPT_KEYWORDS or str(ckpt_path).startswith("registry:"):
             return None
         return Path(ckpt_path)
 
@@ -246,6 +354,8 @@ class ProjCLI(LightningCLI):
             check_fits(self.checkpoint, path, self.model)
         if self.subcommand == "fit":
             self.model.configure_optimizers()
+            if (weights := self.config.fit.get("weights_from")) is not None:
+                load_weights(self.model, weights)
 
     before_fit = before_validate = before_test = before_predict = _check_before_run
 
@@ -269,8 +379,8 @@ class ProjCLI(LightningCLI):
 def main(args: ArgsType = None) -> None:
     """Run the CLI; a problem the user can fix exits with its message and status 2, not a traceback.
 
-    A fit stopped by SIGTERM exits with 143 (128 + SIGTERM, what schedulers and shells expect of a
-    terminated job) after the Preemption callback has saved last.ckpt and said how to resume.
+    A fit stopped by SIGTERM or Ctrl-C exits with 143 or 130 (128 + the signal, what schedulers and shells
+    expect of a terminated job) after the Preemption callback has saved last.ckpt and said how to resume.
     """
     argv = sys.argv[1:] if args is None else args
     if isinstance(argv, list) and argv[:1] == ["predict"] and any(arg.split("=")[0] == "--input" for arg in argv):
@@ -281,5 +391,10 @@ def main(args: ArgsType = None) -> None:
     with exit_on_user_error():
         try:
             ProjCLI(args=args)
-        except SIGTERMException:
-            sys.exit(143)
+        except SIGTERMException as stopped:
+            sys.exit(stopped.code if isinstance(stopped.code, int) else 143)
+        except KeyboardInterrupt:  # before or after the fit, where Lightning does not catch it
+            print("\nInterrupted (Ctrl-C).", file=sys.stderr)
+            sys.exit(130)
+        except SystemExit as stopped:  # Lightning exits with 1 on a KeyboardInterrupt (here: a second Ctrl-C)
+            sys.exit(130 if isinstance(stopped.__context__, KeyboardInterrupt) else stopped.code)

@@ -32,7 +32,7 @@ from proj.data.images import resolve_preprocess
 from proj.errors import UserError, exit_on_user_error
 from proj.models import ImageClassifier
 from proj.outputs import atomic_output, check_output
-from proj.predict import DATA_HELP, data_description, read_data_option
+from proj.predict import DATA_HELP, MODEL_HELP, data_description, read_data_option
 
 FORMATS = ("onnx", "torchscript")
 INPUT, OUTPUT = "images", "logits"
@@ -132,12 +132,13 @@ def parse_args(args: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--format", required=True, choices=FORMATS, help="onnx (for onnxruntime) or torchscript")
     parser.add_argument("--output", required=True, help="file to write, e.g. model.onnx or model.pt")
     parser.add_argument("--data", metavar="NAME|FILE.json", help=DATA_HELP)
+    parser.add_argument("--model", metavar="CLASS_PATH", action="append", default=[], help=MODEL_HELP)
     return parser.parse_args(args)
 
 
 def run(options: argparse.Namespace) -> None:
     output = check_output(options.output, "--output")
-    model = load_classifier(options.ckpt_path)
+    model = load_classifier(options.ckpt_path, trusted=options.model)
     description = read_data_option(options.data) if options.data is not None else None
     data = data_description(model, description, source=f"checkpoint {options.ckpt_path!r}")
     if options.format == "onnx":

@@ -78,6 +78,10 @@ DATA_HELP = (
     f"{', '.join(BUILT_IN_DATA)}, or a JSON file holding a data module's description() "
     "(input_shape, class_names, mean, std, digits); replaces the checkpoint's own"
 )
+MODEL_HELP = (
+    "a model class outside proj that the checkpoint may name (e.g. mypackage.models.MyClassifier): importing a "
+    "class runs its package's code, so only proj's own are loaded unless named here; may be repeated"
+)
 
 
 def read_data_option(value: str) -> dict[str, Any]:
@@ -249,6 +253,7 @@ def parse_args(args: list[str] | None) -> argparse.Namespace:
         ),
     )
     parser.add_argument("--data", metavar="NAME|FILE.json", help=DATA_HELP)
+    parser.add_argument("--model", metavar="CLASS_PATH", action="append", default=[], help=MODEL_HELP)
     return parser.parse_args(args)
 
 
@@ -258,7 +263,7 @@ def run(options: argparse.Namespace) -> None:
         raise UserError(f"--batch_size must be at least 1, got {options.batch_size}")
     paths = find_images(options.input)
     device = resolve_device(options.device)  # before loading the model: a wrong device fails fast
-    model = load_classifier(options.ckpt_path)
+    model = load_classifier(options.ckpt_path, trusted=options.model)
     description = read_data_option(options.data) if options.data is not None else None
     data = data_description(model, description, source=f"checkpoint {options.ckpt_path!r}")
     rows = predict_files(model, paths, options.batch_size, device, options.preprocess, data)

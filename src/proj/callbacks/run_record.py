@@ -6,6 +6,7 @@ import contextlib
 import platform
 import subprocess
 import sys
+from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ import torch
 import yaml
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
+
+from proj.outputs import atomic_output
 
 PACKAGES = ("proj", "torch", "torchvision", "lightning", "torchmetrics", "jsonargparse", "tensorboard", "numpy")
 
@@ -39,6 +42,26 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{"trainer.max_epochs": 3, ...} from nested mappings; other values (lists included) are leaves."""
+    if not isinstance(tree, dict) or not tree:
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def changed_values(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The settings that differ between two configs, by their flag names, without the ones naming files."""
+    old, new = flatten(before), flatten(after)
+    return {
+        key: {"before": old.get(key), "after": new.get(key)}
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key) != new.get(key) and key not in ("ckpt_path", "config", "weights_from")
+    }
+
+
 class RunRecord(SaveConfigCallback):
     """Saves the resolved `config.yaml` (Lightning's SaveConfigCallback) and `run.yaml` beside it.
 
@@ -46,11 +69,38 @@ class RunRecord(SaveConfigCallback):
     false), library versions, the git commit of this code (and whether it had uncommitted changes), the
     command line and the hardware. `python -m proj test --config <run>/config.yaml --ckpt_path
     <run>/checkpoints/<best>.ckpt` then evaluates the same model on the same data.
+
+    A fit writes its record once it is sure to start (after Continuation's check): a refused continuation
+    leaves the run's files as they were. A continued run keeps the config.yaml it started with; each
+    continuation is appended to run.yaml's `continued` list (time, command, checkpoint, changed settings).
+
+    Args:
+        continues: the checkpoint (`path`, `epoch`, `global_step`) a fit continues in its own run folder.
+        weights_from: the checkpoint a new run took its starting weights from (`--weights_from`).
     """
+
+    def __init__(
+        self,
+        *args: Any,
+        continues: dict[str, Any] | None = None,
+        weights_from: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.continues, self.weights_from = continues, weights_from
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.run_dir = trainer.log_dir  # on every rank: it broadcasts, and save_config runs on rank 0 only
-        super().setup(trainer, pl_module, stage)
+        if stage != "fit":
+            super().setup(trainer, pl_module, stage)
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        config_file = Path(self.run_dir or ".") / self.config_filename
+        if self.continues is not None and self.run_dir is not None and config_file.is_file():
+            if trainer.is_global_zero:
+                self.record_continuation(config_file)
+            return
+        super().setup(trainer, pl_module, "fit")
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.run_dir is None:
@@ -60,6 +110,7 @@ class RunRecord(SaveConfigCallback):
             "seed_everything": self.config.get("seed_everything"),
             "torch_initial_seed": torch.initial_seed(),
             "command": [Path(sys.executable).name, *sys.argv],
+            **({"weights_from": self.weights_from} if self.weights_from else {}),
             "git": git_state(Path(__file__).resolve().parent),
             "versions": package_versions(),
             "torch_build": str(torch.__version__),  # e.g. 2.14.1+cu130: which CUDA the wheel was built for
@@ -71,5 +122,23 @@ class RunRecord(SaveConfigCallback):
                 "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             },
         }
-        path = Path(self.run_dir) / "run.yaml"
-        path.write_text(yaml.safe_dump(record, sort_keys=False))
+        with atomic_output(Path(self.run_dir) / "run.yaml") as partial:
+            partial.write_text(yaml.safe_dump(record, sort_keys=False))
+
+    def record_continuation(self, config_file: Path) -> None:
+        """Appends this continuation to run.yaml; config.yaml stays the record of how the run started."""
+        run_file = config_file.with_name("run.yaml")
+        record = (yaml.safe_load(run_file.read_text()) if run_file.is_file() else None) or {}
+        started_with = yaml.safe_load(config_file.read_text()) or {}
+        now = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        assert self.continues is not None
+        record.setdefault("continued", []).append(
+            {
+                "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "command": [Path(sys.executable).name, *sys.argv],
+                "checkpoint": self.continues,
+                "changed": changed_values(started_with, now),
+            }
+        )
+        with atomic_output(run_file) as partial:
+            partial.write_text(yaml.safe_dump(record, sort_keys=False))

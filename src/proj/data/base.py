@@ -14,9 +14,11 @@ A subclass provides:
 from __future__ import annotations
 
 import copy
+import errno
 import os
 import pickle
 import warnings
+import zlib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -34,7 +36,7 @@ from proj.errors import UserError
 Split = Literal["train", "val", "test"]
 TensorSplit = tuple[Tensor, Tensor]  # uint8 images (N, C, H, W) and int64 labels (N,)
 Pipeline = Literal["auto", "resident", "torchvision"]
-CACHE_FORMAT = 2  # bump when the cached tensors change layout: older caches are then rebuilt
+CACHE_FORMAT = 3  # bump when the cached tensors change layout: older caches are then rebuilt
 
 
 class ImageDataModule(LightningDataModule):
@@ -255,22 +257,36 @@ class ImageDataModule(LightningDataModule):
         path = self.cache_path
         # A source's last three path parts: the class folder of an image too, not only the file name.
         fingerprint = [CACHE_FORMAT, *(["/".join(file.parts[-3:]), *_stat(file)] for file in self.sources())]
-        if path is not None:
+        if path is not None and path.is_file():
             try:
                 cached = torch.load(path, weights_only=True)
                 if cached["fingerprint"] == fingerprint:
-                    return cached["splits"]
+                    if cached["checksum"] == _checksum(cached["splits"]):
+                        return cached["splits"]
+                    print(f"The cache {path} is damaged (its checksum does not match): rebuilding it.")
             except (OSError, RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError):
-                pass  # absent, stale or unreadable: decode again
+                print(f"The cache {path} cannot be read: rebuilding it.")
         splits = {split: decoded for split in ("train", "val", "test") if (decoded := self.read_split(split))}
         if path is not None:
-            partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-            try:
-                torch.save({"fingerprint": fingerprint, "splits": splits}, partial)
-                os.replace(partial, path)  # readers see the old file or the whole new one
-            except (OSError, RuntimeError):  # a read-only folder: torch.save raises RuntimeError
-                partial.unlink(missing_ok=True)
+            self._write_cache(path, {"fingerprint": fingerprint, "checksum": _checksum(splits), "splits": splits})
         return splits
+
+    @staticmethod
+    def _write_cache(path: Path, content: dict[str, Any]) -> None:
+        """Atomically: readers see the old file or the whole new one. A read-only data folder is no error (the
+        cache is only saved time); a full disk is, as for any file a run writes."""
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        try:
+            torch.save(content, partial)
+            os.replace(partial, path)
+        except (OSError, RuntimeError) as err:  # torch.save raises RuntimeError for an unwritable file
+            partial.unlink(missing_ok=True)
+            if _disk_full(err):
+                raise UserError(
+                    f"cannot write the data cache {str(path)!r}: no space left on the device; free space, or "
+                    "point --data.data_dir at a folder with room."
+                ) from err
+            print(f"Cannot write the data cache {path} ({err}): decoding again in every run.")
 
     def setup(self, stage: str) -> None:
         fit = stage in ("fit", "validate") and self.train_set is None
@@ -421,3 +437,19 @@ def channel_stats(images: Tensor, chunk: int = 4096) -> tuple[tuple[float, ...],
     mean = total / count
     std = (squares / count - mean.square()).clamp_min(1e-12).sqrt()
     return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def _checksum(splits: dict[str, TensorSplit]) -> int:
+    """CRC-32 of every cached tensor's bytes: a bit flipped on disk makes the cache rebuild itself."""
+    crc = 0
+    for split in sorted(splits):
+        for tensor in splits[split]:
+            crc = zlib.crc32(tensor.contiguous().numpy().data, crc)
+    return crc
+
+
+def _disk_full(err: BaseException) -> bool:
+    """Whether a write failed for want of space (ENOSPC, EDQUOT), also when torch.save wraps the OSError."""
+    codes = {errno.ENOSPC, errno.EDQUOT}
+    chain = [err, err.__cause__, err.__context__]
+    return any(isinstance(e, OSError) and e.errno in codes for e in chain) or "No space left" in str(err)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
@@ -20,6 +21,7 @@ from proj.schedulers import SchedulerCallable
 
 STAGES = ("train", "val", "test")
 DATA_KEY = "data"  # the checkpoint entry describing the data a model was trained on (ImageDataModule.description)
+SCHEDULE_KEY = "schedule_length"  # the checkpoint entry: the length, in scheduler steps, of the run that wrote it
 
 
 class NonFiniteLossError(UserError):
@@ -271,14 +273,20 @@ class ImageClassifier(LightningModule):
             return {"total_steps": run_steps}
         if self._trainer is None:  # checked before the run: any length validates the other arguments
             return {"total_steps": 1}
-        by_epoch = self.hparams["scheduler_interval"] == "epoch"
-        steps = self.trainer.max_epochs if by_epoch else self.trainer.estimated_stepping_batches
-        if steps is None or not 0 < steps < math.inf:
+        steps = self.schedule_length()
+        if not steps < math.inf:
             raise UserError(
                 "the scheduler spans the whole run, but this run has no end (max_epochs -1): set "
                 "--trainer.max_epochs or --model.scheduler.init_args.total_steps."
             )
         return {"total_steps": int(steps)}
+
+    def schedule_length(self) -> float:
+        """The whole run's length in scheduler steps (epochs, or optimizer steps with scheduler_interval "step");
+        infinite for a run without an end."""
+        by_epoch = self.hparams["scheduler_interval"] == "epoch"
+        steps = self.trainer.max_epochs if by_epoch else self.trainer.estimated_stepping_batches
+        return math.inf if steps is None or not 0 < steps < math.inf else float(steps)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # torch.load(weights_only=True) refuses arbitrary objects. Built from a config, the optimizer and
@@ -293,6 +301,9 @@ class ImageClassifier(LightningModule):
             self.data_description = describe()
         if self.data_description is not None:
             checkpoint[DATA_KEY] = self.data_description
+        fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        if fitting and (length := self.schedule_length()) < math.inf:
+            checkpoint[SCHEDULE_KEY] = int(length)  # what a continuation compares its own length with
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.data_description = checkpoint.get(DATA_KEY)
