@@ -21,7 +21,6 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from proj.callbacks.checkpoint import ResumableCheckpoint
-from proj.callbacks.continuation import Continuation
 from proj.callbacks.preemption import Preemption
 from proj.callbacks.rng_state import RNGState
 from proj.callbacks.run_record import RunRecord
@@ -35,6 +34,7 @@ from proj.checkpoints import (
     read_checkpoint,
     version_dirs,
 )
+from proj.continuation import check_continuation
 from proj.data import ImageDataModule
 from proj.errors import UserError, exit_on_user_error
 from proj.models import ImageClassifier
@@ -136,6 +136,7 @@ class ProjCLI(LightningCLI):
     def __init__(self, args: ArgsType = None, **kwargs: object) -> None:
         self._claimed: list[Path] = []  # run folders created by _claim_run_folder, deepest first
         self._existing_times: tuple[Path, os.stat_result]  # the deepest folder that existed, and its times
+        self._claimed_in: Namespace  # the logger's init_args that _claim_run_folder set the version in
         try:
             self._run_cli(args, **kwargs)
         finally:
@@ -153,7 +154,7 @@ class ProjCLI(LightningCLI):
             # Parse errors reach main() as exceptions, to be shortened, instead of printing the whole usage.
             parser_kwargs={"exit_on_error": False, **{name: {"exit_on_error": False} for name in self.subcommands()}},
             # Always on, whatever --trainer.callbacks says: a resumed run must draw the same random numbers.
-            trainer_defaults={"callbacks": [RNGState(), Preemption(), Continuation()]},
+            trainer_defaults={"callbacks": [RNGState(), Preemption()]},
             args=args,
             **kwargs,  # type: ignore[arg-type]
         )
@@ -259,6 +260,7 @@ class ProjCLI(LightningCLI):
                 version += 1
         init_args.version = version
         self._claimed = [root / f"version_{version}", *missing]
+        self._claimed_in = init_args  # set back to None once the logger is built: the run's config.yaml names none
 
     def _release_unused_folder(self) -> None:
         """A run stopped before writing anything leaves no trace: its empty folder goes (rmdir removes only empty
@@ -346,6 +348,8 @@ class ProjCLI(LightningCLI):
 
     def _check_before_run(self) -> None:
         """Inputs that would fail only once the run has started (and written its folder) fail now."""
+        if self._claimed:  # the logger has its folder; a config.yaml naming it would send a rerun there too
+            self._claimed_in.version = None
         assert isinstance(self.datamodule, ImageDataModule)
         self.datamodule.check()
         if self.checkpoint is not None:
@@ -354,6 +358,8 @@ class ProjCLI(LightningCLI):
             check_fits(self.checkpoint, path, self.model)
         if self.subcommand == "fit":
             self.model.configure_optimizers()
+            if self.checkpoint is not None:
+                check_continuation(self.checkpoint, self.config.fit.ckpt_path, self.trainer, self.model)
             if (weights := self.config.fit.get("weights_from")) is not None:
                 load_weights(self.model, weights)
 

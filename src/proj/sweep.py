@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import sys
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -225,8 +226,9 @@ class Sweep:
             trial.set_user_attr("best_model_path", trainer.checkpoint_callback.best_model_path)
         return float(value)
 
-    def write_best(self, study: optuna.Study) -> Path:
-        """The best trial's complete config (base config and its values resolved), for `proj.fit --config`."""
+    def write_best(self, study: optuna.Study) -> FrozenTrial:
+        """The best trial's complete config (base config and its values resolved), for `proj.fit --config`, in
+        <out_dir>/best.yaml; that trial."""
         assert self.parser is not None
         best = study.best_trial
         flags = best.user_attrs.get("flags")
@@ -246,7 +248,9 @@ class Sweep:
         text = "".join(f"# {line}\n" for line in header) + self.parser.dump(config, skip_none=False)
         with atomic_output(path) as partial:  # per process: workers may finish at the same time
             partial.write_text(text)
-        return path
+        if study.best_value != best.value:  # another worker's trial became the best meanwhile: again, so that
+            return self.write_best(study)  # whichever worker writes last writes the best of them all
+        return best
 
 
 def make_sampler(name: str, space: SearchSpace, seed: int | None, done: int) -> optuna.samplers.BaseSampler:
@@ -270,15 +274,28 @@ def masked(url: str) -> str:
         return url
 
 
+def rdb_storage(storage: str) -> optuna.storages.RDBStorage:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # The heartbeat marks trials of a killed worker failed (after 2 minutes) instead of running forever.
+        return optuna.storages.RDBStorage(storage, heartbeat_interval=30, grace_period=120)
+
+
+def connect(storage: str) -> optuna.storages.RDBStorage:
+    """The storage, its tables created when it is new. Workers started together on a new database race to create
+    them, and the losers' CREATE fails (PostgreSQL: duplicate key, or already exists): they try again and find them."""
+    for delay in (0.1, 0.5, 2.0):
+        with contextlib.suppress(sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            return rdb_storage(storage)
+        time.sleep(delay)
+    return rdb_storage(storage)
+
+
 def open_study(storage: str, name: str, metric: str, direction: str, pruner: optuna.pruners.BasePruner) -> optuna.Study:
     """The study `name`, created or, when it exists, loaded to be continued (with the same metric and direction)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            # The heartbeat marks trials of a killed worker failed (after 2 minutes) instead of running forever.
-            rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=30, grace_period=120)
         study = optuna.create_study(
-            storage=rdb,
+            storage=connect(storage),
             study_name=name,
             direction=StudyDirection[direction.upper()],
             pruner=pruner,
@@ -420,8 +437,7 @@ def run(argv: Sequence[str]) -> None:
         raise UserError(f"all {sweep.finished} trials failed; the first: {sweep.failures[0]}")
     if not any(trial.state == TrialState.COMPLETE for trial in study.get_trials(deepcopy=False)):
         raise UserError(f"no trial of study {name!r} has completed yet ({summary(study)})")
-    best = study.best_trial
-    path = sweep.write_best(study)
+    best, path = sweep.write_best(study), out_dir / "best.yaml"
     print(f"Best: trial {best.number}, {options.metric} = {best.value:.4f}")
     print(f"Its config: {path}  (python -m proj.fit --config {path})")
     complete = grid is not None and not grid_points_left(study, grid)

@@ -42,6 +42,9 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+NOT_SETTINGS = ("ckpt_path", "config", "weights_from", "trainer.logger.init_args.version")
+
+
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     """{"trainer.max_epochs": 3, ...} from nested mappings; other values (lists included) are leaves."""
     if not isinstance(tree, dict) or not tree:
@@ -53,12 +56,13 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def changed_values(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The settings that differ between two configs, by their flag names, without the ones naming files."""
+    """The settings that differ between two configs, by their flag names, without the ones naming files or the
+    run folder itself."""
     old, new = flatten(before), flatten(after)
     return {
         key: {"before": old.get(key), "after": new.get(key)}
         for key in sorted(old.keys() | new.keys())
-        if old.get(key) != new.get(key) and key not in ("ckpt_path", "config", "weights_from")
+        if old.get(key) != new.get(key) and key not in NOT_SETTINGS
     }
 
 
@@ -70,9 +74,8 @@ class RunRecord(SaveConfigCallback):
     command line and the hardware. `python -m proj test --config <run>/config.yaml --ckpt_path
     <run>/checkpoints/<best>.ckpt` then evaluates the same model on the same data.
 
-    A fit writes its record once it is sure to start (after Continuation's check): a refused continuation
-    leaves the run's files as they were. A continued run keeps the config.yaml it started with; each
-    continuation is appended to run.yaml's `continued` list (time, command, checkpoint, changed settings).
+    A continued run keeps the config.yaml it started with; each continuation is appended to run.yaml's
+    `continued` list (time, command, checkpoint, changed settings).
 
     Args:
         continues: the checkpoint (`path`, `epoch`, `global_step`) a fit continues in its own run folder.
@@ -91,16 +94,12 @@ class RunRecord(SaveConfigCallback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.run_dir = trainer.log_dir  # on every rank: it broadcasts, and save_config runs on rank 0 only
-        if stage != "fit":
-            super().setup(trainer, pl_module, stage)
-
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         config_file = Path(self.run_dir or ".") / self.config_filename
         if self.continues is not None and self.run_dir is not None and config_file.is_file():
             if trainer.is_global_zero:
                 self.record_continuation(config_file)
             return
-        super().setup(trainer, pl_module, "fit")
+        super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.run_dir is None:

@@ -21,7 +21,7 @@ from proj.schedulers import SchedulerCallable
 
 STAGES = ("train", "val", "test")
 DATA_KEY = "data"  # the checkpoint entry describing the data a model was trained on (ImageDataModule.description)
-SCHEDULE_KEY = "schedule_length"  # the checkpoint entry: the length, in scheduler steps, of the run that wrote it
+SCHEDULE_KEY = "run_length"  # the checkpoint entry: the length (scheduler steps, epochs) of the run that wrote it
 
 
 class NonFiniteLossError(UserError):
@@ -303,7 +303,13 @@ class ImageClassifier(LightningModule):
             checkpoint[DATA_KEY] = self.data_description
         fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
         if fitting and (length := self.schedule_length()) < math.inf:
-            checkpoint[SCHEDULE_KEY] = int(length)  # what a continuation compares its own length with
+            # What a continuation compares its own length with (proj.continuation).
+            trainer = self.trainer
+            checkpoint[SCHEDULE_KEY] = {
+                "length": length,
+                "max_epochs": trainer.max_epochs,
+                "max_steps": trainer.max_steps,
+            }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.data_description = checkpoint.get(DATA_KEY)
