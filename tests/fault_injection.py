@@ -12,14 +12,16 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 
 class SignalAt(Callback):
-    """Sends `signum` to this process after training batch `batch` of epoch `epoch` (mid-epoch, on purpose)."""
+    """Sends `signum` to this process `times` times after training batch `batch` of epoch `epoch` (mid-epoch, on
+    purpose)."""
 
-    def __init__(self, epoch: int, batch: int, signum: int) -> None:
-        self.epoch, self.batch, self.signum = epoch, batch, signum
+    def __init__(self, epoch: int, batch: int, signum: int, times: int = 1) -> None:
+        self.epoch, self.batch, self.signum, self.times = epoch, batch, signum, times
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
-            os.kill(os.getpid(), self.signum)
+            for _ in range(self.times):
+                os.kill(os.getpid(), self.signum)
 
 
 class PoisonAt(Callback):

@@ -131,6 +131,41 @@ def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(uninterrupted, mnist_
         assert_same_weights(run / "checkpoints" / "last.ckpt", reference)
 
 
+def test_ctrl_c_finishes_the_batch_saves_and_resumes_bit_identical(uninterrupted, mnist_dir, tmp_path):
+    """The first Ctrl-C (SIGINT) stops like SIGTERM: the batch finishes, last.ckpt holds the position within the
+    epoch, the way to resume is printed, and the exit status is 130."""
+    pipeline, reference = uninterrupted
+    if pipeline != "resident":
+        pytest.skip("SIGTERM's test covers the torchvision pipeline; Ctrl-C takes the same path")
+    logs = tmp_path / "logs"
+    interrupt = fault("SignalAt", epoch=1, batch=10, signum=signal.SIGINT)
+    stopped = proj(*fit_args(mnist_dir, logs, callbacks=[interrupt]))
+    assert stopped.returncode == 130, stopped.stderr
+    assert "Traceback" not in stopped.stderr and "KeyboardInterrupt" not in stopped.stderr
+    run = logs / "mnist" / "version_0"
+    assert "Ctrl-C: stopping after this batch" in stopped.stdout
+    assert "Stopped by Ctrl-C (SIGINT) at epoch 1" in stopped.stdout
+    assert f"Resume with: python -m proj.fit --config {run / 'config.yaml'} --ckpt_path last" in stopped.stdout
+    saved = checkpoint(run / "checkpoints" / "last.ckpt")
+    assert saved["global_step"] == STEPS_PER_EPOCH + 11
+    assert saved["MNISTDataModule"] == {"epoch": 1, "batches": 11}
+
+    resumed = resume(run)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_weights(run / "checkpoints" / "last.ckpt", reference)
+
+
+def test_second_ctrl_c_aborts_at_once_leaving_whole_checkpoints(mnist_dir, tmp_path):
+    logs = tmp_path / "logs"
+    twice = fault("SignalAt", epoch=1, batch=10, signum=signal.SIGINT, times=2)
+    stopped = proj(*fit_args(mnist_dir, logs, callbacks=[twice]))
+    assert stopped.returncode == 130, stopped.stderr
+    checkpoints = logs / "mnist" / "version_0" / "checkpoints"
+    assert checkpoint(checkpoints / "last.ckpt")["global_step"] == STEPS_PER_EPOCH  # the end of epoch 0, whole
+    assert not list(checkpoints.glob("*.partial"))
+    assert "Stopped by" not in stopped.stdout  # no checkpoint of the aborted epoch was attempted
+
+
 def test_nan_loss_stops_with_the_step_and_the_fix_and_keeps_checkpoints(mnist_dir, tmp_path):
     logs = tmp_path / "logs"
     poisoned = proj(*fit_args(mnist_dir, logs, callbacks=[fault("PoisonAt", epoch=1, batch=3)]))
