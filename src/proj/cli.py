@@ -21,6 +21,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from proj.callbacks.checkpoint import ResumableCheckpoint
+from proj.callbacks.event_writes import EventWriteFailures
 from proj.callbacks.preemption import Preemption
 from proj.callbacks.rng_state import RNGState
 from proj.callbacks.run_record import RunRecord
@@ -154,7 +155,7 @@ class ProjCLI(LightningCLI):
             # Parse errors reach main() as exceptions, to be shortened, instead of printing the whole usage.
             parser_kwargs={"exit_on_error": False, **{name: {"exit_on_error": False} for name in self.subcommands()}},
             # Always on, whatever --trainer.callbacks says: a resumed run must draw the same random numbers.
-            trainer_defaults={"callbacks": [RNGState(), Preemption()]},
+            trainer_defaults={"callbacks": [RNGState(), Preemption(), EventWriteFailures()]},
             args=args,
             **kwargs,  # type: ignore[arg-type]
         )
