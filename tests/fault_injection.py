@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -57,8 +58,26 @@ def die_while_writing(nth_last: int) -> None:
     os.replace = replace  # type: ignore[assignment]
 
 
-if __name__ == "__main__":  # python fault_injection.py NTH_LAST [proj.fit flags...]
-    die_while_writing(int(sys.argv[1]))
+def slow_version_choice(seconds: float) -> None:
+    """TensorBoardLogger picks the highest version_N plus one, then creates the folder: widen that gap, as a slow
+    shared file system does, so that two runs started together would both pick the same N."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    choose = TensorBoardLogger._get_next_version
+
+    def slowly(self: TensorBoardLogger) -> int:
+        version = choose(self)
+        time.sleep(seconds)
+        return version
+
+    TensorBoardLogger._get_next_version = slowly  # type: ignore[method-assign]
+
+
+if __name__ == "__main__":  # python fault_injection.py NTH_LAST|slow_versions [proj.fit flags...]
+    if sys.argv[1] == "slow_versions":
+        slow_version_choice(3.0)
+    else:
+        die_while_writing(int(sys.argv[1]))
     import proj.fit
 
     proj.fit.main(sys.argv[2:])

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from conftest import VAL_SIZE, run_python
+from conftest import ROOT, VAL_SIZE, run_python
 
 pytestmark = pytest.mark.slow
 TESTS = Path(__file__).resolve().parent
@@ -164,6 +167,35 @@ def test_second_ctrl_c_aborts_at_once_leaving_whole_checkpoints(mnist_dir, tmp_p
     assert checkpoint(checkpoints / "last.ckpt")["global_step"] == STEPS_PER_EPOCH  # the end of epoch 0, whole
     assert not list(checkpoints.glob("*.partial"))
     assert "Stopped by" not in stopped.stdout  # no checkpoint of the aborted epoch was attempted
+
+
+def test_two_runs_started_together_get_their_own_folders(mnist_dir, tmp_path):
+    """Each run claims its version_N folder by creating it; the logger's own choice (highest number + 1, then
+    the folder; a slow file system widens the gap) would let both pick version_0 and write into one run."""
+    logs = tmp_path / "logs"
+    paths = [str(ROOT / "src"), str(TESTS), os.environ.get("PYTHONPATH")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
+    runs = [
+        subprocess.Popen(
+            [sys.executable, str(TESTS / "fault_injection.py"), "slow_versions", *fit_args(mnist_dir, logs, *seed)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for seed in (["--seed_everything", "1"], ["--seed_everything", "2"])
+    ]
+    for run in runs:
+        _, err = run.communicate(timeout=600)
+        assert run.returncode == 0, err
+    folders = sorted((logs / "mnist").iterdir())
+    assert [folder.name for folder in folders] == ["version_0", "version_1"]
+    writers = [{name.split(".")[-2] for name in os.listdir(folder) if name.startswith("events.")} for folder in folders]
+    assert all(len(pids) == 1 for pids in writers) and writers[0] != writers[1]  # one process per folder
+    seeds = {yaml.safe_load((folder / "config.yaml").read_text())["seed_everything"] for folder in folders}
+    assert seeds == {1, 2}
+    for folder in folders:
+        assert checkpoint(folder / "checkpoints" / "last.ckpt")["global_step"] == EPOCHS * STEPS_PER_EPOCH
 
 
 def test_nan_loss_stops_with_the_step_and_the_fix_and_keeps_checkpoints(mnist_dir, tmp_path):
