@@ -104,6 +104,14 @@ def folder_checkpoint_of_other_size(tmp_path: Path, logs: Path) -> list[str]:
     return [*flags, "--data.image_size", "16", "--ckpt_path", str(checkpoint)]
 
 
+def foreign_checkpoint(tmp_path: Path, logs: Path) -> list[str]:
+    """The MLP run's checkpoint, claiming to be written by a class of another package."""
+    checkpoint = torch.load(mlp_checkpoint(logs), weights_only=True)
+    checkpoint["hyper_parameters"]["_class_path"] = "evil_pkg.models.Net"
+    torch.save(checkpoint, tmp_path / "foreign.ckpt")
+    return ["--ckpt_path", str(tmp_path / "foreign.ckpt")]
+
+
 def unknown_key_config(tmp_path: Path, logs: Path) -> Path:
     config = tmp_path / "typo.yaml"
     config.write_text("model:\n  class_path: proj.models.MLPClassifier\n  init_args:\n    hiden_sizes: [32]\n")
@@ -218,6 +226,14 @@ CATALOGUE = {
     "truncated CIFAR-10 batch": (
         lambda tmp, logs: cifar(tmp, "truncated"),
         ["data_batch_3 is truncated or not a CIFAR-10 batch", "replace it with the original file"],
+    ),
+    "checkpoint naming a class outside proj": (
+        foreign_checkpoint,
+        ["names its model class evil_pkg.models.Net, outside proj", "--model evil_pkg.models.Net"],
+    ),
+    "both ways of going on": (
+        lambda tmp, logs: ["--ckpt_path", str(mlp_checkpoint(logs)), "--weights_from", str(mlp_checkpoint(logs))],
+        ["--weights_from starts a", "pass one of them"],
     ),
     "checkpoint of another input shape": (
         folder_checkpoint_of_other_size,

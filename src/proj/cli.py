@@ -234,6 +234,11 @@ class ProjCLI(LightningCLI):
         self._drop_disabled_callbacks(config.trainer)
         if self.subcommand == "fit":
             self._continue_run(config)
+        elif config.get("weights_from") is not None:
+            raise UserError(
+                f"--weights_from starts a fit from a checkpoint's weights; {self.subcommand} takes them from "
+                "--ckpt_path: pass one of them."
+            )
         self._claim_run_folder(config)
 
     def _claim_run_folder(self, config: Namespace) -> None:

@@ -62,7 +62,7 @@ def check_continuation(checkpoint: dict[str, Any], path: str | Path, trainer: Tr
     if (reason := past_its_end(scheduler, saved_schedulers[0], length, run["length"])) is None:
         return
     unit = "epochs" if interval == "epoch" else "optimizer steps"
-    config_file = Path(path).resolve().parent.parent / "config.yaml"
+    config_file = Path(path).parent.parent / "config.yaml"
     config_flag = f"--config {config_file} " if config_file.is_file() else ""
     raise UserError(
         f"cannot continue {str(path)!r} to {trainer.max_epochs} epochs: {reason.replace('steps', unit)}. The run "

@@ -39,7 +39,7 @@ class EventWriteFailures(Callback):
         for logger in trainer.loggers:
             writer = logger.experiment if isinstance(logger, TensorBoardLogger) else None
             if isinstance(writer, SummaryWriter) and writer._get_file_writer.__name__ != "guarded_file_writer":
-                self._guard(writer, logger.log_dir)
+                self._guard(writer, str(logger.log_dir))
         if self._previous_hook is None:
             self._previous_hook = threading.excepthook
             threading.excepthook = self._quiet_writer_thread
