@@ -168,3 +168,26 @@ def test_logs_on_a_full_disk_with_checkpoints_elsewhere_finish_the_run(mnist_dir
     assert sum("TensorBoard cannot write" in line for line in captured.err.splitlines()) == 1
     assert "Traceback" not in captured.err
     assert "Test accuracy:" in captured.out
+
+
+@pytest.mark.parametrize(
+    "code, reason",
+    [
+        (errno.ENOSPC, "No space left on device"),
+        (errno.EDQUOT, "Disk quota exceeded"),
+        (errno.EROFS, "Read-only file system"),
+        (errno.EACCES, "Permission denied"),
+    ],
+)
+def test_result_files_keep_the_previous_version_on_any_write_failure(tmp_path, code, reason):
+    """What predictions, exports and the sweep's best.yaml are written through (`outputs.atomic_output`)."""
+    from proj.errors import UserError
+    from proj.outputs import atomic_output
+
+    path = tmp_path / "best.yaml"
+    path.write_text("previous\n")
+    with pytest.raises(UserError, match=rf"^cannot write '{path}': {reason}$"), atomic_output(path) as partial:
+        partial.write_text("half of the new")
+        raise OSError(code, reason)
+    assert path.read_text() == "previous\n"
+    assert sorted(tmp_path.iterdir()) == [path]
