@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from fractions import Fraction
 from typing import Any
 
@@ -241,3 +242,33 @@ def test_prediction_figure_shows_colour_images_as_stored():
     plain = prediction_figure(torch.randn(3, 1, 5, 5), torch.arange(3), torch.arange(3))
     assert [text.get_text() for text in plain.axes[0].texts] == ["0 (0)", "1 (1)", "2 (2)"]
     assert plain.axes[0].images[0].get_array().ndim == 2
+
+
+def test_figures_are_drawn_off_the_training_loop_and_all_written_by_the_end(monkeypatch):
+    """Drawing takes 0.3 s a figure here; the validation hooks return at once, and every epoch's figure is in the
+    writer when the run ends (FigureCallback waits in teardown)."""
+    writer, steps, hook_seconds = Writer(), [], []
+    writer.add_figure = lambda tag, figure, global_step: steps.append((tag, global_step))  # type: ignore[method-assign]
+    real = proj.callbacks.confusion_matrix.confusion_figure
+
+    def slow(matrix, names):
+        time.sleep(0.3)
+        return real(matrix, names)
+
+    monkeypatch.setattr(proj.callbacks.confusion_matrix, "tensorboard_writer", lambda trainer: writer)
+    monkeypatch.setattr(proj.callbacks.confusion_matrix, "confusion_figure", slow)
+
+    class Timed(ConfusionMatrix):
+        def on_validation_epoch_end(self, trainer, pl_module) -> None:
+            start = time.perf_counter()
+            super().on_validation_epoch_end(trainer, pl_module)
+            hook_seconds.append(time.perf_counter() - start)
+
+    quick_trainer(limit_val_batches=None, callbacks=[Timed()], max_epochs=1).validate(
+        scripted(), datamodule=NamedData()
+    )
+    quick_trainer(limit_val_batches=None, callbacks=[Timed()], max_epochs=1).validate(
+        scripted(), datamodule=NamedData()
+    )
+    assert max(hook_seconds) < 0.15
+    assert steps == [("val/confusion_matrix", 0), ("val/confusion_matrix", 0)]

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from matplotlib.figure import Figure
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 from torchmetrics.utilities.plot import plot_confusion_matrix
 
-from proj.callbacks.tensorboard import tensorboard_writer
+from proj.callbacks.tensorboard import FigureCallback, tensorboard_writer
 from proj.models.base import class_names
 
 
-class ConfusionMatrix(Callback):
+class ConfusionMatrix(FigureCallback):
     """Logs the validation confusion matrix (rows: label, columns: prediction) as `val/confusion_matrix`, its
     rows and columns labelled with the class names."""
 
@@ -42,8 +42,8 @@ class ConfusionMatrix(Callback):
         writer = tensorboard_writer(trainer)
         if trainer.sanity_checking or writer is None:
             return
-        figure = confusion_figure(self.matrix.compute(), class_names(pl_module))
-        writer.add_figure("val/confusion_matrix", figure, global_step=trainer.global_step)
+        matrix, names = self.matrix.compute().cpu().clone(), class_names(pl_module)
+        self.log_figure(writer, "val/confusion_matrix", lambda: confusion_figure(matrix, names), trainer.global_step)
 
 
 def confusion_figure(matrix: Tensor, names: list[str]) -> Figure:

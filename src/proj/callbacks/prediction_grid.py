@@ -7,22 +7,23 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from matplotlib.figure import Figure
 from torch import Tensor
 from torchvision.utils import make_grid
 
-from proj.callbacks.tensorboard import tensorboard_writer
+from proj.callbacks.tensorboard import FigureCallback, tensorboard_writer
 from proj.models.base import class_names, data_fact
 
 PADDING = 4  # pixels between the images of the grid
 NAME_LENGTH = 8  # longer class names are cut to fit under an image
 
 
-class PredictionGrid(Callback):
+class PredictionGrid(FigureCallback):
     """Logs the first `num_images` images of each validation epoch as `val/predictions` (wrong ones in red)."""
 
     def __init__(self, num_images: int = 32) -> None:
+        super().__init__()
         self.num_images = num_images
 
     def on_validation_batch_end(
@@ -38,15 +39,15 @@ class PredictionGrid(Callback):
         if batch_idx != 0 or trainer.sanity_checking or writer is None:
             return
         images, labels = batch
-        figure = prediction_figure(
-            images[: self.num_images],
-            labels,
-            outputs["preds"],
-            names=class_names(pl_module),
-            mean=data_fact(pl_module, "mean"),
-            std=data_fact(pl_module, "std"),
-        )
-        writer.add_figure("val/predictions", figure, global_step=trainer.global_step)
+        count = self.num_images
+        # Copies on the CPU: the figure is drawn later, on another thread (FigureCallback).
+        images, labels, preds = (tensor[:count].detach().cpu().clone() for tensor in (images, labels, outputs["preds"]))
+        names, mean, std = class_names(pl_module), data_fact(pl_module, "mean"), data_fact(pl_module, "std")
+
+        def draw() -> Figure:
+            return prediction_figure(images, labels, preds, names=names, mean=mean, std=std)
+
+        self.log_figure(writer, "val/predictions", draw, trainer.global_step)
 
 
 def short(name: str) -> str:
