@@ -13,7 +13,7 @@ from lightning.pytorch.utilities.model_summary import ModelSummary
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import MODEL_CONFIGS, datamodule, quick_trainer, run_fit, run_python
+from conftest import MNIST_SHAPE, MODEL_CONFIGS, datamodule, quick_trainer, run_fit, run_python
 from proj.errors import UserError
 from proj.models import CNNClassifier, ImageClassifier, MLPClassifier
 
@@ -403,3 +403,31 @@ def test_fit_logs_the_l1_penalty_before_the_step():
     trainer.fit(model, train_dataloaders=loader, val_dataloaders=loader)
     assert trainer.callback_metrics["train/l1"].item() == pytest.approx(1e-4 * start, rel=1e-5)  # one step
     assert set(model.logged_metrics) <= trainer.callback_metrics.keys()
+
+
+@pytest.mark.slow
+def test_compile_flag_compiles_in_place_and_checkpoints_load_uncompiled(mnist_dir, tmp_path):
+    """`--model.compile true` runs the network through torch.compile (nn.Module.compile: in place), so the
+    checkpoint's tensors keep their names and load into a model built without the flag."""
+    from proj.checkpoints import load_classifier
+
+    run_fit(
+        mnist_dir,
+        tmp_path / "logs",
+        "--model",
+        "MLPClassifier",
+        "--model.hidden_sizes",
+        "[16]",
+        "--model.compile",
+        "true",
+        "--trainer.max_epochs",
+        "1",
+        "--test_after_fit",
+        "false",
+    )
+    path = tmp_path / "logs" / "mnist" / "version_0" / "checkpoints" / "last.ckpt"
+    saved = torch.load(path, weights_only=True)
+    assert saved["hyper_parameters"]["compile"] is True
+    plain = MLPClassifier(hidden_sizes=(16,), **MNIST_SHAPE)
+    assert set(saved["state_dict"]) == set(plain.state_dict())
+    assert load_classifier(path).net[1].weight.shape == (16, 784)
