@@ -23,10 +23,13 @@ def test_bench_reports_all_variants_and_ratios(tmp_path, capsys):
     results = json.loads(output.read_text())
     assert results["samples_per_epoch"] == 300  # the data module's training split, for every variant
     mlp = results["mlp"]
-    assert set(mlp["epoch_seconds"]) == {"a_classic", "b_torchvision", "c_resident", "d_ceiling"}
+    variants = {"a_classic", "b_torchvision", "c_resident", "d_ceiling", "e_fit", "f_ceiling_val"}
+    assert set(mlp["epoch_seconds"]) == variants
     assert all(seconds > 0 for seconds in mlp["epoch_seconds"].values())
     assert mlp["ratios"]["c/d"] == pytest.approx(mlp["epoch_seconds"]["c_resident"] / mlp["epoch_seconds"]["d_ceiling"])
-    assert "c/a = " in capsys.readouterr().out
+    assert mlp["ratios"]["e/f"] == pytest.approx(mlp["epoch_seconds"]["e_fit"] / mlp["epoch_seconds"]["f_ceiling_val"])
+    out = capsys.readouterr().out
+    assert "c/a = " in out and "e/f = " in out
 
 
 def test_time_to_accuracy_needs_real_data(tmp_path):

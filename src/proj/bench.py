@@ -7,8 +7,14 @@
 
 All four train the model of `configs/<model>.yaml` at its batch size (or `--batch_size`), from the same initial weights,
 without validation, logging or progress bar, in `--epochs` interleaved rounds of one epoch each (from the
-same initial weights); the fastest epoch of each is reported. Real MNIST when `--data_dir` holds it, else synthetic data
-of the same size.
+same initial weights); the fastest epoch of each is reported. Two more columns time the epoch a user waits for:
+
+(e) fit       the epoch as `python -m proj.fit --config configs/<model>.yaml` runs it: training, validation,
+              checkpoints, LR monitor, progress bar and the default TensorBoard figures (from the end of one
+              epoch to the end of the next, so figures still being drawn in the background count)
+(f) ceiling+val   (d) plus a forward pass over the validation split: the compute of (e)
+
+Real MNIST when `--data_dir` holds it, else synthetic data of the same size.
 
 `--cache` instead measures the resident pipeline's pre-transform cache for MNIST, Fashion-MNIST, a CIFAR-format
 set of 50,000 3x32x32 training images and a folder of 50,000 PNGs: the seconds to decode the files and write
@@ -48,8 +54,13 @@ from proj.data.synthetic import write_synthetic_mnist
 from proj.models import ImageClassifier
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-VARIANTS = ("a_classic", "b_torchvision", "c_resident", "d_ceiling")
-RATIOS = (("b_torchvision", "a_classic"), ("c_resident", "a_classic"), ("c_resident", "d_ceiling"))
+VARIANTS = ("a_classic", "b_torchvision", "c_resident", "d_ceiling", "e_fit", "f_ceiling_val")
+RATIOS = (
+    ("b_torchvision", "a_classic"),
+    ("c_resident", "a_classic"),
+    ("c_resident", "d_ceiling"),
+    ("e_fit", "f_ceiling_val"),
+)
 
 
 class EpochTimer(pl.Callback):
@@ -63,6 +74,20 @@ class EpochTimer(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.seconds.append(time.perf_counter() - self.start)
+
+
+class EpochEnds(pl.Callback):
+    """Seconds from the end of one training epoch (validation and checkpoints come before it) to the next."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self.last: float | None = None
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        now = time.perf_counter()
+        if self.last is not None:
+            self.seconds.append(now - self.last)
+        self.last = now
 
 
 def build_model(model: str) -> tuple[ImageClassifier, int]:
@@ -127,6 +152,39 @@ def time_proj(model: ImageClassifier, data_dir: str, pipeline: str, batch_size: 
     data = MNISTDataModule(data_dir, batch_size=batch_size, pipeline=pipeline)
     trainer.fit(model, datamodule=data)
     return timer.seconds
+
+
+def time_fit(config: str, data_dir: str, batch_size: int, epochs: int = 2) -> list[float]:
+    """`epochs` epochs of `python -m proj.fit --config configs/<config>.yaml`, every default callback on, after
+    a first epoch that also pays for the start (sanity check, TensorBoard files)."""
+    timer = EpochEnds()
+    with tempfile.TemporaryDirectory(prefix="proj-bench-logs-") as logs:
+        flags = ["--config", str(CONFIGS / f"{config}.yaml"), "--data.data_dir", data_dir]
+        flags += ["--data.batch_size", str(batch_size), "--trainer.max_epochs", str(epochs + 1)]
+        cli = ProjCLI(args=[*flags, "--trainer.logger.init_args.save_dir", logs], run=False)
+        cli.trainer.callbacks.append(timer)  # type: ignore[attr-defined]
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return timer.seconds
+
+
+def time_validation(model: ImageClassifier, images: Tensor, labels: Tensor, batch_size: int) -> float:
+    """Seconds of one forward pass over the validation split, in eval mode, without gradients."""
+    images = images.float().div(255).sub(MEAN).div(STD)
+    model.eval()
+    start = time.perf_counter()
+    with torch.no_grad():
+        for batch in torch.arange(len(labels)).split(batch_size):
+            model(images[batch]).argmax(dim=1).eq(labels[batch]).sum()
+    seconds = time.perf_counter() - start
+    model.train()
+    return seconds
+
+
+def time_ceiling_with_validation(
+    model: ImageClassifier, images: Tensor, labels: Tensor, val: tuple[Tensor, Tensor], batch_size: int
+) -> list[float]:
+    train = time_ceiling(model, images, labels, batch_size)[0]
+    return [train + time_validation(model, *val, batch_size)]
 
 
 def time_ceiling(
@@ -335,6 +393,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = MNISTDataModule(data_dir)
     data.setup("fit")
     train_images, train_labels = data.train_set  # type: ignore[misc]
+    val_split: tuple[Tensor, Tensor] = data.val_set  # type: ignore[assignment]
     samples = len(train_labels)
     print(
         f"{source} in {data_dir}: {samples} training images per epoch, "
@@ -350,6 +409,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "b_torchvision": partial(time_proj, data_dir=data_dir, pipeline="torchvision", batch_size=batch_size),
             "c_resident": partial(time_proj, data_dir=data_dir, pipeline="resident", batch_size=batch_size),
             "d_ceiling": partial(time_ceiling, images=train_images, labels=train_labels, batch_size=batch_size),
+            "e_fit": lambda model: time_fit(name, data_dir, batch_size),  # noqa: B023 (called in this iteration)
+            "f_ceiling_val": partial(
+                time_ceiling_with_validation,
+                images=train_images,
+                labels=train_labels,
+                val=val_split,
+                batch_size=batch_size,
+            ),
         }
         # Rounds of one epoch per variant, interleaved, so that drift in the machine's speed (other load,
         # clock changes) reaches every variant alike; each epoch starts from the same initial weights.
