@@ -1,6 +1,6 @@
 PYTHON ?= python3
 
-.PHONY: install test test-unit lint typecheck smoke bench bench-cache notebooks tensorboard clean
+.PHONY: install test test-unit lint typecheck smoke bench bench-cache bench-growth notebooks tensorboard clean
 
 install:  ## install proj and its dev tools (torch from the pins in pyproject.toml)
 	$(PYTHON) -m pip install -e ".[dev]"
@@ -29,6 +29,9 @@ bench:  ## epoch seconds: classic loop vs proj (torchvision / resident pipelines
 bench-cache:  ## the resident cache: decode and load seconds, memory, for MNIST, Fashion-MNIST and 50,000 3x32x32 images
 	$(PYTHON) -m proj.bench --cache --data_dir $(DATA) --output bench-cache.json
 
+bench-growth:  ## an epoch's seconds and peak memory at 1, 2, 4 and 8 x 7,500 training images, both pipelines
+	$(PYTHON) -m proj.bench --growth 7500 --output bench-growth.json
+
 notebooks:  ## execute notebooks/*.ipynb (outputs are not saved) on MNIST in $(DATA)
 	PROJ_DATA_DIR=$(abspath $(DATA)) $(PYTHON) -m pytest --nbmake notebooks/
 
@@ -36,4 +39,4 @@ tensorboard:
 	$(PYTHON) -m tensorboard.main --logdir logs
 
 clean:
-	rm -rf logs bench.json bench-cache.json .pytest_cache .mypy_cache .ruff_cache
+	rm -rf logs bench.json bench-cache.json bench-growth.json .pytest_cache .mypy_cache .ruff_cache

@@ -63,3 +63,15 @@ def test_cache_report_sizes_every_data_set(tmp_path, capsys):
         assert row["decode_seconds"] > 0 and row["load_seconds"] > 0 and row["peak_rss_mb"] > 0
         assert row["cache_file_mb"] >= pixels / 2**20
     assert "decode s" in capsys.readouterr().out
+
+
+def test_growth_reports_time_and_memory_for_both_pipelines_at_each_scale(tmp_path, capsys):
+    output = tmp_path / "growth.json"
+    bench.main(["--growth", "1100", "--models", "mlp", "--output", str(output)])  # >= 2 batches of 512
+    results = json.loads(output.read_text())
+    for pipeline in ("resident", "torchvision"):
+        assert list(results[pipeline]) == ["1x", "2x", "4x", "8x"]
+        assert [row["images"] for row in results[pipeline].values()] == [1100, 2200, 4400, 8800]
+        assert results[pipeline]["1x"]["time_growth"] == 1.0
+        assert all(row["epoch_seconds"] > 0 and row["peak_rss_mb"] > 100 for row in results[pipeline].values())
+    assert "x memory" in capsys.readouterr().out

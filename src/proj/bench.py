@@ -21,6 +21,9 @@ set of 50,000 3x32x32 training images and a folder of 50,000 PNGs: the seconds t
 the cache, to load it on the next run, its size in memory and the process's peak memory (each in a fresh
 process). Real MNIST / Fashion-MNIST when `--data_dir` holds them, else synthetic data of the same size.
 
+`--growth BASE` instead times one training epoch (the first model of `--models`) and the process's peak memory at
+1, 2, 4 and 8 x BASE synthetic training images, for both pipelines, each in a fresh process.
+
 `--time_to_accuracy CONFIG...` instead trains each config as `python -m proj.fit` would (callbacks, logging,
 validation and all), and the same model, optimizer and schedule in the classic loop, and reports the training
 seconds until the official test accuracy first reaches 98% and 99% (measured after every epoch, outside the
@@ -358,6 +361,49 @@ def cache_report(data_dir: str, images: int = 50_000) -> dict[str, Any]:
     return results
 
 
+def measure_growth(data_dir: str, pipeline: str, model: str) -> dict[str, Any]:
+    """One training epoch of `configs/<model>.yaml` on the data in `data_dir`, and the process's peak memory; run
+    in a fresh process, so that the peak is this pipeline's."""
+    import resource
+
+    network, batch_size = build_model(model)
+    seconds = time_proj(network, data_dir, pipeline, batch_size)[0]
+    return {"epoch_seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10}
+
+
+def growth_report(base: int, model: str = "mlp", scales: tuple[int, ...] = (1, 2, 4, 8)) -> dict[str, Any]:
+    """How an epoch's time and the peak memory grow with the training images (synthetic, MNIST's shapes), for
+    both pipelines: time should grow linearly for both; memory linearly for the resident pipeline, which holds
+    the split as one tensor on the device (torchvision's MNIST reader holds the decoded files too)."""
+    import subprocess
+    import sys
+
+    def measure(data_dir: str, pipeline: str) -> dict[str, Any]:
+        # A process of its own (not a multiprocessing pool's: those may not start DataLoader workers).
+        call = f"bench.measure_growth({data_dir!r}, {pipeline!r}, {model!r})"
+        code = f"import json; from proj import bench; print(json.dumps({call}))"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+    results: dict[str, Any] = {}
+    print(f"{'pipeline':<13}{'images':>8}{'epoch s':>9}{'x time':>8}{'peak RSS MB':>13}{'x memory':>10}")
+    for scale in scales:
+        with tempfile.TemporaryDirectory(prefix="proj-bench-growth-") as scratch:
+            val_size = 5_000  # MNISTDataModule's default: the training split is `base * scale` images
+            write_synthetic_mnist(scratch, num_train=base * scale + val_size, num_test=100)
+            for pipeline in ("resident", "torchvision"):
+                row = measure(scratch, pipeline)
+                first = results.get(pipeline, {}).get("1x", row)
+                row["time_growth"] = row["epoch_seconds"] / first["epoch_seconds"]
+                row["memory_growth"] = row["peak_rss_mb"] / first["peak_rss_mb"]
+                results.setdefault(pipeline, {})[f"{scale}x"] = {"images": base * scale, **row}
+                print(
+                    f"{pipeline:<13}{base * scale:>8}{row['epoch_seconds']:>9.2f}{row['time_growth']:>8.2f}"
+                    f"{row['peak_rss_mb']:>13.0f}{row['memory_growth']:>10.2f}"
+                )
+    return results
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", default="data", help="folder holding MNIST/raw (else synthetic data)")
@@ -370,7 +416,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--time_to_accuracy", nargs="+", metavar="CONFIG", help="configs to race to 98%%/99%%")
     parser.add_argument("--cache", action="store_true", help="time and size the resident cache of four data sets")
     parser.add_argument("--cache_images", type=int, default=50_000, help="training images of the two 3x32x32 sets")
+    parser.add_argument("--growth", type=int, metavar="BASE", help="epoch time, memory at 1-8x BASE images")
     args = parser.parse_args(argv)
+
+    if args.growth:
+        report = growth_report(args.growth, args.models[0])
+        Path(args.output).write_text(json.dumps(report, indent=2))
+        print(f"\nfigures written to {args.output}")
+        return report
 
     if args.cache:
         report = cache_report(args.data_dir, args.cache_images)
