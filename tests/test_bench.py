@@ -75,3 +75,9 @@ def test_growth_reports_time_and_memory_for_both_pipelines_at_each_scale(tmp_pat
         assert results[pipeline]["1x"]["time_growth"] == 1.0
         assert all(row["epoch_seconds"] > 0 and row["peak_rss_mb"] > 100 for row in results[pipeline].values())
     assert "x memory" in capsys.readouterr().out
+
+
+def test_batch_table_rules_and_real_data(tmp_path):
+    assert {rule: scale(4.0) for rule, scale in bench.LR_RULES.items()} == {"none": 1.0, "linear": 4.0, "sqrt": 2.0}
+    with pytest.raises(SystemExit):  # the table's accuracies mean something on real MNIST only
+        bench.main(["--data_dir", str(tmp_path), "--batch_sizes", "64"])

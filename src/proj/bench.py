@@ -24,6 +24,10 @@ process). Real MNIST / Fashion-MNIST when `--data_dir` holds them, else syntheti
 `--growth BASE` instead times one training epoch (the first model of `--models`) and the process's peak memory at
 1, 2, 4 and 8 x BASE synthetic training images, for both pipelines, each in a fresh process.
 
+`--batch_sizes B...` instead trains `configs/<model>.yaml` (the first of `--models`) at each batch size with the
+learning rate unchanged, scaled linearly with the batch, and scaled by its square root, and reports seconds
+per epoch, training seconds to 98% test accuracy and the final accuracy (real MNIST only).
+
 `--time_to_accuracy CONFIG...` instead trains each config as `python -m proj.fit` would (callbacks, logging,
 validation and all), and the same model, optimizer and schedule in the classic loop, and reports the training
 seconds until the official test accuracy first reaches 98% and 99% (measured after every epoch, outside the
@@ -232,8 +236,8 @@ class AccuracyClock(pl.Callback):
         self.resumed = time.perf_counter()
 
 
-def curve_proj(config: str, data_dir: str, logs: str) -> list[tuple[float, float]]:
-    args = ["--config", config, "--data.data_dir", data_dir, "--trainer.logger.init_args.save_dir", logs]
+def curve_proj(config: str, data_dir: str, logs: str, *flags: str) -> list[tuple[float, float]]:
+    args = ["--config", config, "--data.data_dir", data_dir, "--trainer.logger.init_args.save_dir", logs, *flags]
     cli = ProjCLI(args=args, run=False)
     clock = AccuracyClock(data_dir)
     cli.trainer.callbacks.append(clock)  # type: ignore[attr-defined]
@@ -287,6 +291,47 @@ def time_to_accuracy(configs: list[str], data_dir: str, workers: int) -> dict[st
     for key, row in results.items():
         to98, to99 = (f"{row[k]:.1f}" if row[k] is not None else "-" for k in ("seconds_to_98", "seconds_to_99"))
         print(f"{key:<20}{to98:>9}{to99:>9}{row['final_accuracy']:>9.2%}{row['epochs']:>8}{row['curve'][-1][0]:>9.1f}")
+    return results
+
+
+LR_RULES: dict[str, Callable[[float], float]] = {
+    "none": lambda ratio: 1.0,
+    "linear": lambda ratio: ratio,
+    "sqrt": lambda ratio: ratio**0.5,
+}
+
+
+def batch_table(config: str, data_dir: str, batch_sizes: list[int]) -> dict[str, Any]:
+    """The config trained at each batch size with its learning rate unchanged, scaled linearly with the batch,
+    or by its square root (from the config's own batch size and rate): seconds per epoch, training seconds to
+    98% test accuracy, final accuracy. One run where the rules agree (the config's own batch size)."""
+    base = ProjCLI(args=["--config", config], run=False)
+    base_batch = int(base.datamodule.hparams["batch_size"])
+    base_lr = float(base.model.optimizer_callable.keywords["lr"])
+    results: dict[str, Any] = {}
+    print(f"\n{'batch':>6}{'rule':>8}{'lr':>10}{'s/epoch':>9}{'to 98%':>9}{'final':>9}")
+    with tempfile.TemporaryDirectory() as logs:
+        for batch_size in batch_sizes:
+            done: dict[float, dict[str, Any]] = {}
+            for rule, scale in LR_RULES.items():
+                lr = base_lr * scale(batch_size / base_batch)
+                if lr not in done:
+                    flags = ["--data.batch_size", str(batch_size), "--model.optimizer.init_args.lr", str(lr)]
+                    curve = curve_proj(config, data_dir, logs, *flags, "--trainer.enable_progress_bar", "false")
+                    done[lr] = {
+                        "lr": lr,
+                        "seconds_per_epoch": curve[-1][0] / len(curve),
+                        "seconds_to_98": seconds_to(curve, 0.98),
+                        "final_accuracy": curve[-1][1],
+                        "curve": curve,
+                    }
+                row = results.setdefault(str(batch_size), {})[rule] = done[lr]
+                to98 = f"{row['seconds_to_98']:.1f}" if row["seconds_to_98"] is not None else "-"
+                print(
+                    f"{batch_size:>6}{rule:>8}{lr:>10.2e}{row['seconds_per_epoch']:>9.2f}{to98:>9}"
+                    f"{row['final_accuracy']:>9.2%}",
+                    flush=True,
+                )
     return results
 
 
@@ -417,7 +462,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--cache", action="store_true", help="time and size the resident cache of four data sets")
     parser.add_argument("--cache_images", type=int, default=50_000, help="training images of the two 3x32x32 sets")
     parser.add_argument("--growth", type=int, metavar="BASE", help="epoch time, memory at 1-8x BASE images")
+    parser.add_argument("--batch_sizes", nargs="+", type=int, help="train configs/<model>.yaml at these batch sizes")
     args = parser.parse_args(argv)
+
+    if args.batch_sizes:
+        if not has_mnist(args.data_dir):
+            parser.error(f"--batch_sizes needs real MNIST in {args.data_dir}: set --data_dir")
+        table = batch_table(str(CONFIGS / f"{args.models[0]}.yaml"), args.data_dir, args.batch_sizes)
+        Path(args.output).write_text(json.dumps(table, indent=2))
+        print(f"\nfigures written to {args.output}")
+        return table
 
     if args.growth:
         report = growth_report(args.growth, args.models[0])
