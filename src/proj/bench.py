@@ -174,9 +174,14 @@ def time_fit(config: str, data_dir: str, batch_size: int, epochs: int = 2) -> li
     return timer.seconds
 
 
+def normalised(images: Tensor) -> Tensor:
+    """uint8 (N, C, H, W) images, as the data module holds them, as the model sees them."""
+    return images.float().div(255).sub(MEAN).div(STD)
+
+
 def time_validation(model: ImageClassifier, images: Tensor, labels: Tensor, batch_size: int) -> float:
     """Seconds of one forward pass over the validation split, in eval mode, without gradients."""
-    images = images.float().div(255).sub(MEAN).div(STD)
+    images = normalised(images)
     model.eval()
     start = time.perf_counter()
     with torch.no_grad():
@@ -197,7 +202,7 @@ def time_ceiling_with_validation(
 def time_ceiling(
     model: ImageClassifier, images: Tensor, labels: Tensor, batch_size: int, epochs: int = 1
 ) -> list[float]:
-    images = images.float().div(255).sub(MEAN).div(STD)  # uint8 (N, C, H, W), as the data module holds them
+    images = normalised(images)
     optimizer, _ = optimization(model)
     model.train()
     seconds = []

@@ -94,6 +94,13 @@ def expand_short_names(argv: list[str]) -> list[str]:
 CKPT_KEYWORDS = ("best", "last", "hpc", "registry")  # --ckpt_path values that are Lightning's words, not files
 
 
+def checkpoint_file(ckpt_path: str | None) -> Path | None:
+    """--ckpt_path as a file, or None when absent or one of Lightning's keywords ("best", "hpc", "registry:..")."""
+    if ckpt_path is None or ckpt_path in CKPT_KEYWORDS or str(ckpt_path).startswith("registry:"):
+        return None
+    return Path(ckpt_path)
+
+
 def with_run_config(argv: list[str]) -> list[str]:
     """`SUBCOMMAND --ckpt_path <run>/checkpoints/X.ckpt` without `--config`: the run's own config.yaml first, so
     that it goes on with its data and Trainer settings (flags given still override them; Lightning #16014)."""
@@ -106,9 +113,9 @@ def with_run_config(argv: list[str]) -> list[str]:
             return argv
         if flag == "--ckpt_path":
             ckpt_path = value if equals else next(iter(argv[index + 1 : index + 2]), None)
-    if ckpt_path is None or ckpt_path in CKPT_KEYWORDS or ckpt_path.startswith("registry:"):
+    if (checkpoint := checkpoint_file(ckpt_path)) is None:
         return argv
-    config_file = Path(ckpt_path).parent.parent / "config.yaml"
+    config_file = checkpoint.parent.parent / "config.yaml"
     if not config_file.is_file():
         print(
             f"No config.yaml beside {ckpt_path}: the model comes from the checkpoint, the data and Trainer settings "
@@ -137,7 +144,6 @@ class ProjCLI(LightningCLI):
     def __init__(self, args: ArgsType = None, **kwargs: object) -> None:
         self._claimed: list[Path] = []  # run folders created by _claim_run_folder, deepest first
         self._existing_times: tuple[Path, os.stat_result]  # the deepest folder that existed, and its times
-        self._claimed_in: Namespace  # the logger's init_args that _claim_run_folder set the version in
         try:
             self._run_cli(args, **kwargs)
         finally:
@@ -209,10 +215,10 @@ class ProjCLI(LightningCLI):
             if (path := self._checkpoint_file(config)) is not None:
                 self.checkpoint = read_checkpoint(path)
                 written_by = self.checkpoint.get("hyper_parameters", {}).get("_class_path")
-                asked_for = config.model.class_path
+                asked_for, model_given = config.model.class_path, self._model_given(config)
                 if isinstance(written_by, str):  # before Lightning imports it (below) to build the model
-                    check_trusted(written_by, path, [asked_for] if self._model_given(config) else [])
-                if written_by and written_by != asked_for and self._model_given(config):
+                    check_trusted(written_by, path, [asked_for] if model_given else [])
+                if written_by and written_by != asked_for and model_given:
                     raise UserError(
                         f"checkpoint {str(path)!r} was written by {written_by}, but this run builds {asked_for}: "
                         "pass that run's --config <run>/config.yaml (or leave the model out to take the checkpoint's)."
@@ -266,7 +272,6 @@ class ProjCLI(LightningCLI):
                 version += 1
         init_args.version = version
         self._claimed = [root / f"version_{version}", *missing]
-        self._claimed_in = init_args  # set back to None once the logger is built: the run's config.yaml names none
 
     def _release_unused_folder(self) -> None:
         """A run stopped before writing anything leaves no trace: its empty folder goes (rmdir removes only empty
@@ -319,11 +324,7 @@ class ProjCLI(LightningCLI):
 
     @staticmethod
     def _checkpoint_file(config: Namespace) -> Path | None:
-        """--ckpt_path as a file, or None when absent or one of Lightning's keywords ("best", "hpc"...)."""
-        ckpt_path = config.get("ckpt_path")
-        if ckpt_path is None or ckpt_path in CKPT_KEYWORDS or str(ckpt_path).startswith("registry:"):
-            return None
-        return Path(ckpt_path)
+        return checkpoint_file(config.get("ckpt_path"))
 
     @staticmethod
     def _logger_root(config: Namespace) -> Path | None:
@@ -355,7 +356,7 @@ class ProjCLI(LightningCLI):
     def _check_before_run(self) -> None:
         """Inputs that would fail only once the run has started (and written its folder) fail now."""
         if self._claimed:  # the logger has its folder; a config.yaml naming it would send a rerun there too
-            self._claimed_in.version = None
+            self.config[self.subcommand].trainer.logger.init_args.version = None
         assert isinstance(self.datamodule, ImageDataModule)
         self.datamodule.check()
         if self.checkpoint is not None:
@@ -363,9 +364,9 @@ class ProjCLI(LightningCLI):
             check_same_data(self.checkpoint, path, self.datamodule)
             check_fits(self.checkpoint, path, self.model)
         if self.subcommand == "fit":
-            self.model.configure_optimizers()
+            optimization = self.model.configure_optimizers()
             if self.checkpoint is not None:
-                check_continuation(self.checkpoint, self.config.fit.ckpt_path, self.trainer, self.model)
+                check_continuation(self.checkpoint, self.config.fit.ckpt_path, self.trainer, optimization)
             if (weights := self.config.fit.get("weights_from")) is not None:
                 load_weights(self.model, weights)
 

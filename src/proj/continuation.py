@@ -19,8 +19,7 @@ from lightning.pytorch import Trainer
 from torch.optim.lr_scheduler import CosineAnnealingLR, OneCycleLR
 
 from proj.errors import UserError
-from proj.models import ImageClassifier
-from proj.models.base import SCHEDULE_KEY
+from proj.models.base import RUN_LENGTH_KEY
 
 
 def past_its_end(scheduler: Any, saved: dict[str, Any], length: float, saved_length: float | None) -> str | None:
@@ -48,13 +47,13 @@ def new_length(run: dict[str, Any], trainer: Trainer, interval: str) -> float:
     return min(length, trainer.max_steps) if trainer.max_steps >= 0 else length
 
 
-def check_continuation(checkpoint: dict[str, Any], path: str | Path, trainer: Trainer, model: ImageClassifier) -> None:
-    """Refuse, before the fit starts, to continue a schedule past its end (see the module's docstring)."""
-    run = checkpoint.get(SCHEDULE_KEY)
+def check_continuation(checkpoint: dict[str, Any], path: str | Path, trainer: Trainer, config: Any) -> None:
+    """Refuse, before the fit starts, to continue a schedule past its end (see the module's docstring); `config`
+    is what the model's `configure_optimizers` returns for this run."""
+    run = checkpoint.get(RUN_LENGTH_KEY)
     saved_schedulers = checkpoint.get("lr_schedulers") or []
     if not isinstance(run, dict) or not saved_schedulers:
         return  # no schedule, or a checkpoint older than this check: Lightning restores what there is
-    config = model.configure_optimizers()
     if not isinstance(config, dict):
         return
     scheduler, interval = config["lr_scheduler"]["scheduler"], config["lr_scheduler"]["interval"]

@@ -21,7 +21,7 @@ from proj.schedulers import SchedulerCallable
 
 STAGES = ("train", "val", "test")
 DATA_KEY = "data"  # the checkpoint entry describing the data a model was trained on (ImageDataModule.description)
-SCHEDULE_KEY = "run_length"  # the checkpoint entry: the length (scheduler steps, epochs) of the run that wrote it
+RUN_LENGTH_KEY = "run_length"  # the checkpoint entry: the length (scheduler steps, epochs) of the run that wrote it
 
 
 class NonFiniteLossError(UserError):
@@ -315,7 +315,7 @@ class ImageClassifier(LightningModule):
         if fitting and (length := self.schedule_length()) < math.inf:
             # What a continuation compares its own length with (proj.continuation).
             trainer = self.trainer
-            checkpoint[SCHEDULE_KEY] = {
+            checkpoint[RUN_LENGTH_KEY] = {
                 "length": length,
                 "max_epochs": trainer.max_epochs,
                 "max_steps": trainer.max_steps,
