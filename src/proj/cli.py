@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 from jsonargparse import Namespace
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -141,15 +142,17 @@ class ProjCLI(LightningCLI):
     The model's input shape and number of classes come from the data module (linked when both are built).
     """
 
-    def __init__(self, args: ArgsType = None, **kwargs: object) -> None:
+    def __init__(
+        self, args: ArgsType = None, extra_callbacks: Sequence[Callback] = (), record: bool = True, **kwargs: object
+    ) -> None:
         self._claimed: list[Path] = []  # run folders created by _claim_run_folder, deepest first
         self._existing_times: tuple[Path, os.stat_result]  # the deepest folder that existed, and its times
         try:
-            self._run_cli(args, **kwargs)
+            self._run_cli(args, extra_callbacks, record, **kwargs)
         finally:
             self._release_unused_folder()
 
-    def _run_cli(self, args: ArgsType, **kwargs: object) -> None:
+    def _run_cli(self, args: ArgsType, extra_callbacks: Sequence[Callback], record: bool, **kwargs: object) -> None:
         super().__init__(
             ImageClassifier,
             ImageDataModule,
@@ -157,11 +160,11 @@ class ProjCLI(LightningCLI):
             subclass_mode_data=True,
             seed_everything_default=42,
             auto_configure_optimizers=False,  # the model's own --model.optimizer/--model.scheduler do it
-            save_config_callback=RunRecord,
+            save_config_callback=RunRecord if record else None,
             # Parse errors reach main() as exceptions, to be shortened, instead of printing the whole usage.
             parser_kwargs={"exit_on_error": False, **{name: {"exit_on_error": False} for name in self.subcommands()}},
             # Always on, whatever --trainer.callbacks says: a resumed run must draw the same random numbers.
-            trainer_defaults={"callbacks": [RNGState(), Preemption(), EventWriteFailures()]},
+            trainer_defaults={"callbacks": [RNGState(), Preemption(), EventWriteFailures(), *extra_callbacks]},
             args=args,
             **kwargs,  # type: ignore[arg-type]
         )
@@ -387,6 +390,15 @@ class ProjCLI(LightningCLI):
         source = f"best checkpoint {best}" if best else "final weights (no checkpoint was saved)"
         if self.trainer.is_global_zero:
             print(f"Test accuracy: {accuracy:.2%} ({source})")
+
+
+def build(flags: Sequence[str] = (), *, callbacks: Sequence[Callback] = (), record: bool = True) -> ProjCLI:
+    """A run configured from `proj.fit`'s flags (and --config files), built but not started: what proj's tools
+    (tune, sweep, bench) start from. Whatever they need differently is a flag (`--trainer.logger false`,
+    `--trainer.enable_progress_bar false`...); `callbacks` join the Trainer's; `record=False` writes no
+    config.yaml/run.yaml, for a tool's run that is not one of the user's. `cli.model`, `cli.datamodule` and
+    `cli.trainer` are then ready for `cli.trainer.fit(cli.model, datamodule=cli.datamodule)`."""
+    return ProjCLI(args=list(flags), run=False, extra_callbacks=callbacks, record=record)
 
 
 def main(args: ArgsType = None) -> None:
