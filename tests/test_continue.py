@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from lightning.pytorch.cli import ReduceLROnPlateau
 from torch import nn
 
 import proj.fit
 from conftest import CONFIGS, VAL_SIZE, user_error
 from proj.continuation import past_its_end
 from proj.data.synthetic import write_synthetic_cifar10, write_synthetic_fashion_mnist, write_synthetic_mnist
-from proj.schedulers import ReduceLROnPlateau, WarmupDecay
+from proj.schedulers import WarmupDecay
 
 EXTENDING = {
     "StepLR": lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5),
@@ -54,7 +55,7 @@ def test_extending_schedules_continue_with_the_rates_of_an_uninterrupted_run(nam
 
 
 def test_plateau_continues():
-    scheduler = ReduceLROnPlateau(optimizer(), patience=1)
+    scheduler = ReduceLROnPlateau(optimizer(), monitor="val/loss", patience=1)
     assert past_its_end(scheduler, scheduler.state_dict(), length=100, saved_length=3) is None
 
 

@@ -7,6 +7,7 @@ import time
 from fractions import Fraction
 from typing import Any
 
+import lightning.pytorch.cli
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,6 @@ from torchvision.utils import make_grid
 
 import proj.callbacks.confusion_matrix
 import proj.callbacks.prediction_grid
-import proj.schedulers
 from conftest import quick_trainer
 from proj.callbacks import ConfusionMatrix, PredictionGrid
 from proj.callbacks.confusion_matrix import confusion_figure
@@ -160,13 +160,13 @@ def test_fit_logs_what_logged_metrics_promises():
 
 @pytest.mark.parametrize(("monitor", "l1"), [("val/f1_macro", 0.0), ("train/l1", 1e-5)])
 def test_plateau_may_monitor_the_new_keys(monitor, l1):
-    plateau = functools.partial(proj.schedulers.ReduceLROnPlateau, monitor=monitor, mode="max")
+    plateau = functools.partial(lightning.pytorch.cli.ReduceLROnPlateau, monitor=monitor, mode="max")
     model = MLPClassifier(input_shape=SHAPE, num_classes=4, hidden_sizes=(8,), scheduler=plateau, l1=l1)
     assert model.configure_optimizers()["lr_scheduler"]["monitor"] == monitor
 
 
 def test_plateau_refuses_train_l1_without_a_penalty():
-    plateau = functools.partial(proj.schedulers.ReduceLROnPlateau, monitor="train/l1")
+    plateau = functools.partial(lightning.pytorch.cli.ReduceLROnPlateau, monitor="train/l1")
     model = MLPClassifier(input_shape=SHAPE, num_classes=4, hidden_sizes=(8,), scheduler=plateau)
     with pytest.raises(UserError, match=r"'train/l1', which is never logged.*val/f1_macro"):
         model.configure_optimizers()

@@ -3,6 +3,7 @@ from __future__ import annotations
 import functools
 import math
 
+import lightning.pytorch.cli
 import pytest
 import torch
 import yaml
@@ -106,10 +107,10 @@ def test_trainer_steps_scheduler_per_interval(mnist_dir, interval, expected_step
 
 @pytest.mark.parametrize("argv", [["--model.scheduler", "ReduceLROnPlateau"], ["--model.scheduler=ReduceLROnPlateau"]])
 def test_plateau_short_name_on_command_line(mnist_dir, argv):
-    cli = build_cli(mnist_dir, *argv, "--model.scheduler.factor", "0.25")
+    cli = build_cli(mnist_dir, *argv, "--model.scheduler.monitor", "val/loss", "--model.scheduler.factor", "0.25")
     config = cli.model.configure_optimizers()
     scheduler = config["lr_scheduler"]["scheduler"]
-    assert type(scheduler) is proj.schedulers.ReduceLROnPlateau
+    assert type(scheduler) is lightning.pytorch.cli.ReduceLROnPlateau  # Lightning's: torch's plus its monitor
     assert scheduler.monitor == "val/loss"
     assert scheduler.factor == 0.25
     assert config["lr_scheduler"]["monitor"] == "val/loss"
@@ -118,15 +119,27 @@ def test_plateau_short_name_on_command_line(mnist_dir, argv):
 
 def test_plateau_short_name_through_main(mnist_dir, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        proj.cli.main(["fit", "--model.scheduler", "ReduceLROnPlateau", "--print_config"])
+        proj.cli.main(
+            ["fit", "--model.scheduler", "ReduceLROnPlateau", "--model.scheduler.monitor=val/acc", "--print_config"]
+        )
     assert exit_info.value.code in (0, None)
     scheduler = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["scheduler"]
-    assert scheduler["class_path"] == "proj.schedulers.ReduceLROnPlateau"
-    assert scheduler["init_args"]["monitor"] == "val/loss"
+    assert scheduler["class_path"] == "lightning.pytorch.cli.ReduceLROnPlateau"
+    assert scheduler["init_args"]["monitor"] == "val/acc"
+
+
+def test_plateau_without_monitor_says_which_flag(mnist_dir, capsys):
+    """Lightning's ReduceLROnPlateau has no default metric to watch: the error names the flag to set."""
+    with pytest.raises(SystemExit) as exit_info:
+        proj.cli.main(["fit", "--model.scheduler", "ReduceLROnPlateau", "--data.data_dir", str(mnist_dir)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "--model.scheduler.monitor" in err
 
 
 def test_expand_short_names():
-    full = "proj.schedulers.ReduceLROnPlateau"
+    full = "lightning.pytorch.cli.ReduceLROnPlateau"
     assert proj.cli.expand_short_names(["--model.scheduler", "ReduceLROnPlateau", "--x=ReduceLROnPlateau"]) == [
         "--model.scheduler",
         full,
@@ -147,7 +160,12 @@ def test_plateau_config_monitor(mnist_dir):
 def test_plateau_lowers_lr_when_val_loss_stalls(mnist_dir, patience, reductions):
     """At lr 1e-4 val/loss never drops by half (threshold 0.5): every epoch after the first is a bad one."""
     scheduler = functools.partial(
-        proj.schedulers.ReduceLROnPlateau, factor=0.5, patience=patience, threshold=0.5, mode="min"
+        lightning.pytorch.cli.ReduceLROnPlateau,
+        monitor="val/loss",
+        factor=0.5,
+        patience=patience,
+        threshold=0.5,
+        mode="min",
     )
     model = sgd_model(lr=1e-4, scheduler=scheduler)
     trainer = quick_trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=1)
@@ -181,10 +199,11 @@ def test_one_cycle_refuses_a_run_without_end(mnist_dir):
         trainer.fit(model, datamodule=datamodule(mnist_dir))
 
 
-def test_one_cycle_takes_the_length_a_loop_of_ones_own_passes():
-    """proj.bench's classic loop has no Trainer: it passes the run's length, and the schedule steps through it."""
-    model = sgd_model(scheduler=one_cycle, scheduler_interval="step")
-    config = model.optimization(run_steps=40)
+def test_one_cycle_keeps_a_length_the_config_gives():
+    """A loop of one's own (proj.bench's classic loop) has no Trainer: it gives total_steps, which is kept."""
+    given = functools.partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.1, total_steps=40, final_div_factor=10)
+    model = sgd_model(scheduler=given, scheduler_interval="step")
+    config = model.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
     assert scheduler.total_steps == 40
     for _ in range(40):

@@ -67,9 +67,10 @@ DEFAULTS = {
 
 
 # jsonargparse resolves a short class name among all subclasses of the expected type and refuses an
-# ambiguous one: "ReduceLROnPlateau" names torch's class, Lightning's and ours. Command-line values that
-# are such a name are expanded to our class here (config files name a full class path).
-SHORT_NAMES = {"ReduceLROnPlateau": "proj.schedulers.ReduceLROnPlateau"}
+# ambiguous one: "ReduceLROnPlateau" names torch's class and Lightning's (torch's plus the metric it watches,
+# the one a model needs). Command-line values that are such a name are expanded here (config files name a
+# full class path).
+SHORT_NAMES = {"ReduceLROnPlateau": "lightning.pytorch.cli.ReduceLROnPlateau"}
 
 
 # Flags that take two numbers, written as two words: `--data.image_size 64 48`.

@@ -7,19 +7,9 @@ defined here, is chosen with `--model.scheduler NAME`. Add a schedule as a class
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
-
-
-class ReduceLROnPlateau(torch.optim.lr_scheduler.ReduceLROnPlateau):
-    """torch's ReduceLROnPlateau plus the logged metric it watches, so one config names both."""
-
-    def __init__(self, optimizer: Optimizer, monitor: str = "val/loss", **kwargs: Any) -> None:
-        super().__init__(optimizer, **kwargs)
-        self.monitor = monitor
 
 
 class WarmupDecay(LambdaLR):

@@ -11,7 +11,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from torchmetrics.utilities.plot import plot_confusion_matrix
 
 from proj.callbacks.tensorboard import FigureCallback, tensorboard_writer
-from proj.models.base import class_names
+from proj.models.base import ImageClassifier
 
 
 class ConfusionMatrix(FigureCallback):
@@ -42,7 +42,8 @@ class ConfusionMatrix(FigureCallback):
         writer = tensorboard_writer(trainer)
         if trainer.sanity_checking or writer is None:
             return
-        matrix, names = self.matrix.compute().cpu().clone(), class_names(pl_module)
+        assert isinstance(pl_module, ImageClassifier)  # its classes' names label the axes
+        matrix, names = self.matrix.compute().cpu().clone(), pl_module.class_names()
         self.log_figure(writer, "val/confusion_matrix", lambda: confusion_figure(matrix, names), trainer.global_step)
 
 

@@ -13,7 +13,7 @@ from torch import Tensor
 from torchvision.utils import make_grid
 
 from proj.callbacks.tensorboard import FigureCallback, tensorboard_writer
-from proj.models.base import class_names, data_fact
+from proj.models.base import ImageClassifier
 
 PADDING = 4  # pixels between the images of the grid
 NAME_LENGTH = 8  # longer class names are cut to fit under an image
@@ -42,7 +42,8 @@ class PredictionGrid(FigureCallback):
         count = self.num_images
         # Copies on the CPU: the figure is drawn later, on another thread (FigureCallback).
         images, labels, preds = (tensor[:count].detach().cpu().clone() for tensor in (images, labels, outputs["preds"]))
-        names, mean, std = class_names(pl_module), data_fact(pl_module, "mean"), data_fact(pl_module, "std")
+        assert isinstance(pl_module, ImageClassifier)  # it draws what the classifier's data says of itself
+        names, mean, std = pl_module.class_names(), pl_module.data_fact("mean"), pl_module.data_fact("std")
 
         def draw() -> Figure:
             return prediction_figure(images, labels, preds, names=names, mean=mean, std=std)

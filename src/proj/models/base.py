@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 from collections.abc import Sequence
@@ -26,25 +27,6 @@ RUN_LENGTH_KEY = "run_length"  # the checkpoint entry: the length (scheduler ste
 
 class NonFiniteLossError(UserError):
     """The loss became NaN or infinite: training stops before the bad step updates any weights."""
-
-
-def data_fact(model: LightningModule, key: str) -> Any:
-    """What the data says of itself under `key` ("class_names", "mean", "std"...): the running Trainer's data
-    module first, else the description the model was trained with (kept in its checkpoint); None if neither says."""
-    trainer = model._trainer
-    value = getattr(getattr(trainer, "datamodule", None), key, None)
-    if value is None and (description := getattr(model, "data_description", None)):
-        value = description.get(key)
-    return value
-
-
-def class_names(model: LightningModule) -> list[str]:
-    """The names of the model's classes, from its data (see `data_fact`); "0".."N-1" when the data has none."""
-    num_classes = model.hparams["num_classes"]
-    names = data_fact(model, "class_names")
-    if names is None or len(names) != num_classes:
-        return [str(index) for index in range(num_classes)]
-    return [str(name) for name in names]
 
 
 def per_class_table(names: list[str], accuracy: Tensor, counts: Tensor) -> str:
@@ -136,6 +118,23 @@ class ImageClassifier(LightningModule):
         l1 = ("train/l1",) if self.train_l1 is not None else ()
         return ("train/loss", "train/acc", *l1, "val/loss", "val/acc", "val/acc_best", "val/f1_macro")
 
+    def data_fact(self, key: str) -> Any:
+        """What the data says of itself under `key` ("class_names", "mean", "std"...): the running Trainer's data
+        module first, else the description the model was trained with (kept in its checkpoint); None if neither
+        says."""
+        value = getattr(getattr(self._trainer, "datamodule", None), key, None)
+        if value is None and self.data_description:
+            value = self.data_description.get(key)
+        return value
+
+    def class_names(self) -> list[str]:
+        """The names of the classes, from the data (see `data_fact`); "0".."N-1" when the data has none."""
+        num_classes = self.hparams["num_classes"]
+        names = self.data_fact("class_names")
+        if names is None or len(names) != num_classes:
+            return [str(index) for index in range(num_classes)]
+        return [str(name) for name in names]
+
     def configure_model(self) -> None:
         # In place (nn.Module.compile): the parameters keep their names, so checkpoints load either way.
         if self.hparams.get("compile") and not getattr(self, "_compiled", False):
@@ -194,28 +193,23 @@ class ImageClassifier(LightningModule):
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self(images).softmax(dim=1)
 
-    def _log_epoch(self, stage: str) -> Tensor:
+    def _log_epoch(self, stage: str) -> None:
+        # The metric objects themselves: Lightning computes each over the whole epoch (synced across processes
+        # under DDP), logs it and resets it.
         loss, accuracy = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc")
-        values = {f"{stage}/loss": loss.compute(), f"{stage}/acc": accuracy.compute()}
-        loss.reset()
-        accuracy.reset()
-        self.log_dict(values, prog_bar=True, sync_dist=True)  # already synced by torchmetrics: no-op, no warning
+        self.log_dict({f"{stage}/loss": loss, f"{stage}/acc": accuracy}, prog_bar=True)
         if stage != "train":
-            f1 = getattr(self, f"{stage}_f1")
-            self.log(f"{stage}/f1_macro", f1.compute(), sync_dist=True)
-            f1.reset()
-        return values[f"{stage}/acc"]
+            self.log(f"{stage}/f1_macro", getattr(self, f"{stage}_f1"))
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
         if self.train_l1 is not None:
-            self.log("train/l1", self.train_l1.compute(), sync_dist=True)
-            self.train_l1.reset()
+            self.log("train/l1", self.train_l1)
 
     def on_validation_epoch_end(self) -> None:
-        accuracy = self._log_epoch("val")
+        self._log_epoch("val")
         if not self.trainer.sanity_checking:  # the sanity check's two batches are no real score
-            self.val_acc_best.update(accuracy)
+            self.val_acc_best.update(self.val_acc.compute())  # a running best: logged as a value, never reset
             self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
@@ -229,7 +223,7 @@ class ImageClassifier(LightningModule):
             assert isinstance(hits, Tensor) and isinstance(misses, Tensor)
             counts = hits + misses  # the test images of each class
         metric.reset()
-        self._test_table = per_class_table(class_names(self), accuracy, counts)
+        self._test_table = per_class_table(self.class_names(), accuracy, counts)
 
     def on_test_end(self) -> None:
         # After the progress bar has closed (callbacks' on_test_end come first); before Lightning's results table.
@@ -240,12 +234,6 @@ class ImageClassifier(LightningModule):
         self._test_table = None
 
     def configure_optimizers(self) -> Any:
-        return self.optimization()
-
-    def optimization(self, run_steps: int | None = None) -> Any:
-        """What `configure_optimizers` returns. `run_steps`, the run's length in scheduler steps, sizes a schedule
-        that spans the run (OneCycleLR without `total_steps`); in a fit the Trainer knows it, a loop of one's own
-        (proj.bench's classic loop) passes it."""
         try:  # torch checks lr, betas, weight_decay... and says "Invalid learning rate: -0.1"
             optimizer = self.optimizer_callable(self.parameters())
         except ValueError as err:
@@ -256,7 +244,7 @@ class ImageClassifier(LightningModule):
         if self.scheduler_callable is None:
             return optimizer
         try:
-            scheduler = self.scheduler_callable(optimizer, **self._run_length(run_steps))
+            scheduler = self.scheduler_callable(optimizer, **self._run_length())
         except ValueError as err:
             raise UserError(f"scheduler: {err}; set it with --model.scheduler.init_args.NAME.") from err
         config: dict[str, Any] = {"scheduler": scheduler, "interval": self.hparams["scheduler_interval"]}
@@ -269,18 +257,18 @@ class ImageClassifier(LightningModule):
                 )
         return {"optimizer": optimizer, "lr_scheduler": config}
 
-    def _run_length(self, run_steps: int | None) -> dict[str, int]:
+    def _run_length(self) -> dict[str, int]:
         """`total_steps` for a schedule that spans the run (OneCycleLR) when the config leaves it out.
 
         Lightning knows the run's length (epochs x batches, after `limit_train_batches` and gradient
         accumulation), so a config need not hard-code it and survives a change of batch size or epochs.
-        A scheduler built from a config is a `functools.partial` whose keywords hold every argument.
         """
-        arguments = getattr(self.scheduler_callable, "keywords", {})
-        if arguments.get("total_steps", 0) is not None or arguments.get("epochs") is not None:
+        assert self.scheduler_callable is not None
+        parameters = inspect.signature(self.scheduler_callable).parameters  # a config's values are its defaults
+        if "total_steps" not in parameters or any(
+            parameters[name].default is not None for name in ("total_steps", "epochs") if name in parameters
+        ):
             return {}
-        if run_steps is not None:
-            return {"total_steps": run_steps}
         if self._trainer is None:  # checked before the run: any length validates the other arguments
             return {"total_steps": 1}
         steps = self.schedule_length()
