@@ -203,9 +203,11 @@ class ProjCLI(LightningCLI):
             self.config = parser.parse_args(self.argv)
         subcommand = self.config.get("subcommand")
         name_runs_after_data(self.config[subcommand] if subcommand else self.config)
+        self._read_checkpoint()
 
-    def _parse_ckpt_path(self) -> None:
-        """Resolve `--ckpt_path last`, check the file, then let Lightning take the model's arguments from it.
+    def _read_checkpoint(self) -> None:
+        """Resolve `--ckpt_path last` and check the file, before Lightning takes the model's arguments from it
+        (right after parsing).
 
         Lightning replaces the model's class and arguments with the checkpoint's: handy when no model was
         given, silently wrong when one was (`--config configs/cnn.yaml` with an MLP's checkpoint). Then
@@ -227,7 +229,6 @@ class ProjCLI(LightningCLI):
                         f"checkpoint {str(path)!r} was written by {written_by}, but this run builds {asked_for}: "
                         "pass that run's --config <run>/config.yaml (or leave the model out to take the checkpoint's)."
                     )
-        super()._parse_ckpt_path()
 
     def _model_given(self, config: Namespace) -> bool:
         """Whether the command line or a config file chose the model (rather than the default)."""
