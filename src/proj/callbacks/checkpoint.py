@@ -9,9 +9,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 class ResumableCheckpoint(ModelCheckpoint):
     """Keeps the best checkpoints by the monitored metric, and rewrites `last.ckpt` after every epoch.
 
-    Lightning's `save_last=True` writes last.ckpt only when a top-k checkpoint was written in the same
-    step: once the monitored metric stops improving, last.ckpt falls behind, and a resumed run silently
-    repeats every epoch since the best one.
+    Lightning 2.6's `save_last=True` writes last.ckpt only when a top-k checkpoint was written in the same
+    step (before 2.6 it wrote it every epoch; the change is described in openclimatefix/pvnet#544): once the
+    monitored metric stops improving, last.ckpt falls behind, and a resumed run silently repeats every epoch
+    since the best one. No public hook writes last.ckpt alone, so this calls ModelCheckpoint's private
+    methods: lightning is pinned below 2.7, and tests/test_upstream.py fails when the upstream behaviour
+    changes (then this class can go).
     """
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

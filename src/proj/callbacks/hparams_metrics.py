@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+# Lightning's own flattening of nested hyperparameters into TensorBoard's "a/b" keys: private, so lightning is
+# pinned below its next minor version and tests/test_upstream.py checks what it writes.
 from lightning.fabric.utilities.logger import _flatten_dict, _sanitize_params
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -22,6 +24,8 @@ class HParamsMetrics(Callback):
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
                 params = _sanitize_params(_flatten_dict(dict(logger.hparams)))
+                # SummaryWriter's private accessor, which reopens the event file after a close (a second fit):
+                # torch is pinned exactly, and a fit's HPARAMS summary is checked in tests/test_upstream.py.
                 writer = logger.experiment._get_file_writer()
                 for summary in hparams(params, dict.fromkeys(self.metrics, 0.0)):
                     writer.add_summary(summary)
