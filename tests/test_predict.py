@@ -5,6 +5,7 @@ Models on other data (colour, other sizes, named classes): test_predict_generic.
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 from pathlib import Path
 
@@ -325,6 +326,51 @@ def test_user_errors_exit_2(tmp_path, capsys, mlp_checkpoint):
     err = error_exit(capsys, "--ckpt_path", ckpt, "--input", good, "--device", "tpu9")
     assert err.startswith("error: unknown device 'tpu9'")
     assert not (tmp_path / "predictions.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--batch_size", "many"], ["error: --batch_size expects int, got 'many'."]),
+        (["--preprocess", "fancy"], ["error: argument --preprocess: invalid choice: 'fancy'", "'digit'"]),
+        (["--outptu", "p.csv"], ["error: unrecognized arguments '--outptu p.csv'", "python -m proj.predict --help"]),
+        ([], ["error: the following arguments are required: --ckpt_path", "python -m proj.predict --help"]),
+    ],
+)
+def test_bad_flags_give_one_error_line(capsys, flags, words):
+    """jsonargparse's parse errors, shortened as the main CLI's are; the checkpoint is never read."""
+    args = ["--ckpt_path", "nowhere.ckpt", "--input", "a.png"] if flags else []
+    err = error_exit(capsys, *args, *flags)
+    assert len(err.strip().splitlines()) == 1, err
+    for word in words:
+        assert word in err, (word, err)
+
+
+def test_list_flags_take_several_words_and_repeat(capsys, monkeypatch):
+    """`--input A B` (argparse's nargs="+", and repeatable) and a repeated `--model`, as users' scripts pass them."""
+    seen = {}
+    monkeypatch.setattr(proj.predict, "find_images", lambda inputs: seen.setdefault("input", inputs))
+
+    def load_checkpoint(ckpt_path: str, data: str | None, trusted: list[str]) -> None:
+        seen.update(ckpt_path=ckpt_path, data=data, trusted=list(trusted))
+        raise UserError("stop here")
+
+    monkeypatch.setattr(proj.predict, "load_checkpoint", load_checkpoint)
+    args = ["--input", "a.png", "b/", "--model", "x.A", "--ckpt_path", "c.ckpt", "--input=c.png", "--model", "y.B"]
+    assert error_exit(capsys, *args, "--device", "cpu").startswith("error: stop here")
+    assert seen == {"input": ["a.png", "b/", "c.png"], "ckpt_path": "c.ckpt", "data": None, "trusted": ["x.A", "y.B"]}
+
+
+def test_help_shows_the_signature_defaults_and_docstring(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        proj.predict.main(["--help"])
+    assert exit_info.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    parameters = inspect.signature(proj.predict.run).parameters
+    for name in ("output", "batch_size", "device", "preprocess"):
+        assert f"--{name} " in help_text and f"default: {parameters[name].default})" in help_text, name
+    assert "images per forward pass (type: int, default: 256)" in help_text
+    assert "--input" in help_text and "may be repeated" in help_text
 
 
 def test_resolve_device():

@@ -14,11 +14,15 @@ class UserError(Exception):
     """A problem the user can fix (a path, a file, a value); the CLI prints it without a traceback."""
 
 
+HELP = "`python -m proj fit --help` lists every key"
+
+
 @contextmanager
-def exit_on_user_error() -> Iterator[None]:
+def exit_on_user_error(help_hint: str = HELP) -> Iterator[None]:
     """Every entry point's ending for input the user can fix: `error: ...` on stderr, exit status 2.
 
-    jsonargparse reports a bad flag or config key as an ArgumentError tens of lines long: shortened to one.
+    jsonargparse reports a bad flag or config key as an ArgumentError tens of lines long: shortened to one,
+    ending with `help_hint` where the command's --help is the fix.
     Lightning reports bad Trainer settings as MisconfigurationException; a GPU asked for where torch sees
     none gets the fix appended.
     """
@@ -30,7 +34,7 @@ def exit_on_user_error() -> Iterator[None]:
         print(f"error: {cause}", file=sys.stderr)
         sys.exit(2)
     except (UserError, MisconfigurationException, ArgumentError) as err:
-        message = summarize_parse_error(str(err)) if isinstance(err, ArgumentError) else str(err)
+        message = summarize_parse_error(str(err), help_hint) if isinstance(err, ArgumentError) else str(err)
         asks_for_gpu = isinstance(err, MisconfigurationException) and re.search("gpu|cuda", message, re.I)
         if asks_for_gpu and not torch.cuda.is_available():
             message += " This machine has no GPU torch can use: run with --trainer.accelerator cpu (or auto)."
@@ -53,10 +57,9 @@ CLASS_HINTS = {
     "optimizer": "a torch.optim class such as SGD, Adam or AdamW",
     "scheduler": "a torch.optim.lr_scheduler class such as StepLR or CosineAnnealingLR, or proj.schedulers.WarmupDecay",
 }
-HELP = "`python -m proj fit --help` lists every key"
 
 
-def summarize_parse_error(message: str) -> str:
+def summarize_parse_error(message: str, help_hint: str = HELP) -> str:
     """One line naming the bad key or value and the fix, from jsonargparse's error message."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     key = ".".join(re.findall(r'Parser key "([^"]+)"', message))
@@ -65,13 +68,18 @@ def summarize_parse_error(message: str) -> str:
             hint = CLASS_HINTS.get(key.rpartition(".")[2], "a class name or full import path")
             return f"--{key} {match.group(1)}: no such class; use {hint}."
         if match := re.search(r"Option '([^']+)' is not accepted", line):
-            return f"unknown key {key}.{match.group(1)}: check its spelling; {HELP}."
+            return f"unknown key {key}.{match.group(1)}: check its spelling; {help_hint}."
         if match := re.search(r"does not accept option '([^']+)'", line):
-            return f"unknown key {match.group(1)}: check its spelling; {HELP}."
-        if match := re.search(r"Expected a <class '(\w+)'>\. Got value: ([^.]+)", line):
+            return f"unknown key {match.group(1)}: check its spelling; {help_hint}."
+        if match := re.search(r"Expected a <class '(\w+)'>\. Got value: (.+)", line):
             return f"--{key} expects {match.group(1)}, got {match.group(2)!r}."
+        if match := re.match(r"Expected a typing\.Literal\[(.+)\]\. Got value: (.+)", line):  # as argparse said it
+            return f"argument --{key}: invalid choice: {match.group(2)!r} (choose from {match.group(1)})"
+        if match := re.search(r"the following arguments are required: (.+)", line):
+            flags = ", ".join(f"--{name}" for name in match.group(1).split(", "))
+            return f"the following arguments are required: {flags}; {help_hint}."
         if match := re.search(r"File does not exist: '([^']+)'", line):
             return f"--{key} {match.group(1)}: no such file; check the path."
         if match := re.search(r"unrecognized arguments: (.+)", line):
-            return f"unrecognized arguments {match.group(1)!r}: check their spelling; {HELP}."
-    return f"{lines[0] if lines else message} ({HELP})"
+            return f"unrecognized arguments {match.group(1)!r}: check their spelling; {help_hint}."
+    return f"{lines[0] if lines else message} ({help_hint})"

@@ -16,25 +16,23 @@ call; export_torchscript warns once instead): prefer ONNX for new deployments.
 
 from __future__ import annotations
 
-import argparse
 import json
 import warnings
 from collections.abc import Sequence
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from proj.checkpoints import load_classifier
 from proj.data.images import resolve_preprocess
-from proj.errors import UserError, exit_on_user_error
+from proj.errors import UserError
 from proj.models import ImageClassifier
 from proj.outputs import atomic_output, check_output
-from proj.predict import DATA_HELP, MODEL_HELP, data_description, read_data_option
+from proj.predict import data_description, load_checkpoint, run_command
 
-FORMATS = ("onnx", "torchscript")
+Format = Literal["onnx", "torchscript"]
 INPUT, OUTPUT = "images", "logits"
 TORCHSCRIPT_DEPRECATED = (
     "TorchScript (torch.jit) is deprecated by PyTorch and may stop working in a later release; "
@@ -117,46 +115,32 @@ def export_torchscript(model: ImageClassifier, path: Path, data: dict[str, Any] 
             torch.jit.save(traced, str(partial), _extra_files={"proj.json": json.dumps(properties)})
 
 
-def parse_args(args: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m proj.export",
-        description=(
-            f"Export a checkpoint's network. Input '{INPUT}': float32 (B, C, H, W), the model's input shape, any "
-            "batch size, pixels in [0, 1] standardised per channel as in training: (x - mean) / std. Output "
-            f"'{OUTPUT}': (B, num_classes) logits (softmax for probabilities). The input shape, class names, mean "
-            "and std are stored in the file (ONNX metadata_props, TorchScript extra file proj.json). TorchScript "
-            "is deprecated in recent torch; prefer onnx."
-        ),
-    )
-    parser.add_argument("--ckpt_path", required=True, help="checkpoint written by proj.fit (a .ckpt file)")
-    parser.add_argument("--format", required=True, choices=FORMATS, help="onnx (for onnxruntime) or torchscript")
-    parser.add_argument("--output", required=True, help="file to write, e.g. model.onnx or model.pt")
-    parser.add_argument("--data", metavar="NAME|FILE.json", help=DATA_HELP)
-    parser.add_argument("--model", metavar="CLASS_PATH", action="append", default=[], help=MODEL_HELP)
-    return parser.parse_args(args)
+def run(ckpt_path: str, format: Format, output: str, data: str | None = None, model: Sequence[str] = ()) -> None:
+    """Export a checkpoint's network to a file; its parameters are the command's flags.
 
-
-def run(options: argparse.Namespace) -> None:
-    output = check_output(options.output, "--output")
-    model = load_classifier(options.ckpt_path, trusted=options.model)
-    description = read_data_option(options.data) if options.data is not None else None
-    data = data_description(model, description, source=f"checkpoint {options.ckpt_path!r}")
-    if options.format == "onnx":
-        export_onnx(model, output, data)
+    Args:
+        ckpt_path: checkpoint written by proj.fit (a .ckpt file)
+        format: onnx (for onnxruntime) or torchscript
+        output: file to write, e.g. model.onnx or model.pt
+        data: the data the model was trained on, when its checkpoint does not say: mnist, fashion_mnist, cifar10,
+            or a JSON file holding a data module's description(), as for proj.predict; replaces the checkpoint's own
+        model: a model class outside proj that the checkpoint may name: importing a class runs its package's code,
+            so only proj's own are loaded unless named here; may be repeated
+    """
+    path = check_output(output, "--output")
+    classifier, description = load_checkpoint(ckpt_path, data, trusted=model)
+    if format == "onnx":
+        export_onnx(classifier, path, description)
     else:
-        export_torchscript(model, output, data)
-    shape = ", ".join(str(side) for side in data["input_shape"])
-    classes = len(data["class_names"])
-    print(
-        f"Exported {type(model).__name__} to {output} ({options.format}): {INPUT} (B, {shape}) -> {OUTPUT} "
-        f"(B, {classes})"
-    )
+        export_torchscript(classifier, path, description)
+    shape = ", ".join(str(side) for side in description["input_shape"])
+    classes = len(description["class_names"])
+    print(f"Exported {type(classifier).__name__} to {path} ({format}): {INPUT} (B, {shape}) -> {OUTPUT} (B, {classes})")
 
 
-def main(args: list[str] | None = None) -> None:
+def main(args: Sequence[str] | None = None) -> None:
     """Run from the command line; a problem the user can fix exits with its message and status 2."""
-    with exit_on_user_error():
-        run(parse_args(args))
+    run_command(run, args, "python -m proj.export", __doc__ or "")
 
 
 if __name__ == "__main__":

@@ -14,20 +14,23 @@ In a notebook: `predict_files(load_classifier(ckpt), paths)` returns the same ro
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
-from collections.abc import Mapping, Sequence
+import sys
+from argparse import RawDescriptionHelpFormatter
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from jsonargparse import ArgumentParser, DefaultHelpFormatter
 from torch import nn
 
 from proj.checkpoints import load_classifier
 from proj.data import CIFAR10DataModule, FashionMNISTDataModule, ImageDataModule, MNISTDataModule
-from proj.data.images import PREPROCESS, SUFFIXES, Preprocess, image_files, prepare, resolve_preprocess
+from proj.data.images import SUFFIXES, Preprocess, image_files, prepare, resolve_preprocess
 from proj.errors import UserError, exit_on_user_error
+from proj.models import ImageClassifier
 from proj.outputs import atomic_output, check_output
 
 Row = dict[str, Any]
@@ -73,15 +76,6 @@ BUILT_IN_DATA: dict[str, type[ImageDataModule]] = {
     "fashion_mnist": FashionMNISTDataModule,
     "cifar10": CIFAR10DataModule,
 }
-DATA_HELP = (
-    "the data the model was trained on, when its checkpoint does not say (checkpoints written by proj.fit do): "
-    f"{', '.join(BUILT_IN_DATA)}, or a JSON file holding a data module's description() "
-    "(input_shape, class_names, mean, std, digits); replaces the checkpoint's own"
-)
-MODEL_HELP = (
-    "a model class outside proj that the checkpoint may name (e.g. mypackage.models.MyClassifier): importing a "
-    "class runs its package's code, so only proj's own are loaded unless named here; may be repeated"
-)
 
 
 def read_data_option(value: str) -> dict[str, Any]:
@@ -224,59 +218,90 @@ def write_csv(rows: list[Row], path: Path, header: list[str] | None = None) -> N
             writer.writerow({key: f"{value:.6f}" if isinstance(value, float) else value for key, value in row.items()})
 
 
-def parse_args(args: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m proj.predict",
-        description=(__doc__ or "").split("\n\nIn a notebook")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--ckpt_path", required=True, help="checkpoint written by proj.fit (a .ckpt file)")
-    parser.add_argument(
-        "--input",
-        required=True,
-        nargs="+",
-        action="extend",
-        metavar="PATH",
-        help="image files and/or folders (searched recursively); may be repeated",
-    )
-    parser.add_argument("--output", default="predictions.csv", help="CSV to write (default: %(default)s)")
-    parser.add_argument("--batch_size", type=int, default=256, help="images per forward pass (default: %(default)s)")
-    parser.add_argument("--device", default="auto", help="auto (the GPU if there is one), cpu, cuda, cuda:1...")
-    parser.add_argument(
-        "--preprocess",
-        choices=PREPROCESS,
-        default="auto",
-        help=(
-            "auto (default): digit for digit models (MNIST), else resize; digit: make any image look like an MNIST "
-            "digit; resize: convert to the model's channels, resize to cover its input size and centre-crop; none: "
-            "the images already have the model's input size (digit models: light on dark), only converted"
-        ),
-    )
-    parser.add_argument("--data", metavar="NAME|FILE.json", help=DATA_HELP)
-    parser.add_argument("--model", metavar="CLASS_PATH", action="append", default=[], help=MODEL_HELP)
-    return parser.parse_args(args)
+def load_checkpoint(ckpt_path: str, data: str | None, trusted: Sequence[str]) -> tuple[ImageClassifier, dict[str, Any]]:
+    """A checkpoint's model and the description of its data (`--data`'s if given), checked against each other."""
+    model = load_classifier(ckpt_path, trusted=trusted)
+    description = read_data_option(data) if data is not None else None
+    return model, data_description(model, description, source=f"checkpoint {ckpt_path!r}")
 
 
-def run(options: argparse.Namespace) -> None:
-    output = check_output(options.output, "--output")
-    if options.batch_size < 1:
-        raise UserError(f"--batch_size must be at least 1, got {options.batch_size}")
-    paths = find_images(options.input)
-    device = resolve_device(options.device)  # before loading the model: a wrong device fails fast
-    model = load_classifier(options.ckpt_path, trusted=options.model)
-    description = read_data_option(options.data) if options.data is not None else None
-    data = data_description(model, description, source=f"checkpoint {options.ckpt_path!r}")
-    rows = predict_files(model, paths, options.batch_size, device, options.preprocess, data)
-    write_csv(rows, output)
+def run(
+    ckpt_path: str,
+    input: list[str],
+    output: str = "predictions.csv",
+    batch_size: int = 256,
+    device: str = "auto",
+    preprocess: Preprocess = "auto",
+    data: str | None = None,
+    model: Sequence[str] = (),
+) -> None:
+    """Predict the classes of image files and write them as CSV; its parameters are the command's flags.
+
+    Args:
+        ckpt_path: checkpoint written by proj.fit (a .ckpt file)
+        input: image files and/or folders (searched recursively): --input a.png photos/ ...; may be repeated
+        output: CSV to write
+        batch_size: images per forward pass
+        device: auto (the GPU if there is one), cpu, cuda, cuda:1...
+        preprocess: auto: digit for digit models (MNIST), else resize; digit: make any image look like an MNIST
+            digit; resize: convert to the model's channels, resize to cover its input size and centre-crop; none:
+            the images already have the model's input size (digit models: light on dark), only converted
+        data: the data the model was trained on, when its checkpoint does not say (checkpoints written by proj.fit
+            do): mnist, fashion_mnist, cifar10, or a JSON file holding a data module's description() (input_shape,
+            class_names, mean, std, digits); replaces the checkpoint's own
+        model: a model class outside proj that the checkpoint may name (e.g. mypackage.models.MyClassifier):
+            importing a class runs its package's code, so only proj's own are loaded unless named here; may be
+            repeated
+    """
+    csv_path = check_output(output, "--output")
+    if batch_size < 1:
+        raise UserError(f"--batch_size must be at least 1, got {batch_size}")
+    paths = find_images(input)
+    target = resolve_device(device)  # before loading the model: a wrong device fails fast
+    classifier, description = load_checkpoint(ckpt_path, data, trusted=model)
+    rows = predict_files(classifier, paths, batch_size, target, preprocess, description)
+    write_csv(rows, csv_path)
     errors = sum(1 for row in rows if row["error"])
     note = " (see the error column)" if errors else ""
-    print(f"{len(rows)} files, {errors} errors{note}: predictions written to {output}")
+    print(f"{len(rows)} files, {errors} errors{note}: predictions written to {csv_path}")
 
 
-def main(args: list[str] | None = None) -> None:
+class HelpFormatter(DefaultHelpFormatter, RawDescriptionHelpFormatter):
+    """jsonargparse's help (each flag's type and default) under the description as written."""
+
+
+def list_flags(args: Sequence[str], lists: Collection[str]) -> list[str]:
+    """`--input a.png b/` (argparse's nargs="+") and `--model X --model Y` in jsonargparse's words: it reads a list
+    flag as one list (`--input "[a.png, b/]"`), to which `--input+ c.png` appends."""
+    words: list[str] = []
+    taking = None  # the list flag that the words up to the next flag go to
+    for word in args:
+        flag, equals, value = word.partition("=")
+        if flag in lists:
+            words.append(f"{flag}+{equals}{value}")
+            taking = None if equals else flag
+        elif taking and not word.startswith("-"):
+            words += [word] if words[-1] == f"{taking}+" else [f"{taking}+", word]
+        else:
+            taking = None
+            words.append(word)
+    return words
+
+
+def run_command(function: Callable[..., None], args: Sequence[str] | None, prog: str, description: str) -> None:
+    """Run `function` with its parameters read from the command line `args` (default: sys.argv): each is a flag,
+    with the signature's default and the docstring's help. A problem the user can fix exits with one line and 2."""
+    parser = ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter, exit_on_error=False)
+    parser.add_function_arguments(function, as_group=False)
+    lists = [flag.removesuffix("+") for flag in parser._option_string_actions if flag.endswith("+")]
+    with exit_on_user_error(f"`{prog} --help` lists every flag"):
+        options = parser.parse_args(list_flags(sys.argv[1:] if args is None else args, lists))
+        function(**options.as_dict())
+
+
+def main(args: Sequence[str] | None = None) -> None:
     """Run from the command line; a problem the user can fix exits with its message and status 2."""
-    with exit_on_user_error():
-        run(parse_args(args))
+    run_command(run, args, "python -m proj.predict", (__doc__ or "").split("\n\nIn a notebook")[0])
 
 
 if __name__ == "__main__":
