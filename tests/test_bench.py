@@ -12,9 +12,8 @@ from proj import bench
 from proj.data.synthetic import write_synthetic_mnist
 from proj.models import CNNClassifier
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_bench_reports_all_variants_and_ratios(tmp_path, capsys):
     data_dir = write_synthetic_mnist(tmp_path / "data", num_train=5300, num_test=100)
     output = tmp_path / "bench.json"
@@ -32,11 +31,14 @@ def test_bench_reports_all_variants_and_ratios(tmp_path, capsys):
     assert "c/a = " in out and "e/f = " in out
 
 
+@pytest.mark.slow
 def test_time_to_accuracy_needs_real_data(tmp_path):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit:
         bench.main(["--data_dir", str(tmp_path), "--time_to_accuracy", "configs/mlp.yaml"])
+    assert exit.value.code == 2
 
 
+@pytest.mark.slow
 def test_ceiling_trains_a_cnn_on_the_data_modules_images():
     """(d) takes the training split as the data module holds it: uint8 (N, 1, 28, 28), the layout a CNN needs."""
     images = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
@@ -45,6 +47,7 @@ def test_ceiling_trains_a_cnn_on_the_data_modules_images():
     assert len(seconds) == 2 and all(second > 0 for second in seconds)
 
 
+@pytest.mark.slow
 def test_cache_report_sizes_every_data_set(tmp_path, capsys):
     """`make bench-cache`: four data sets, each decoded and reloaded in a fresh process; memory is N x C x H x W."""
     data_dir = write_synthetic_mnist(tmp_path / "data", num_train=300, num_test=100)
@@ -65,6 +68,7 @@ def test_cache_report_sizes_every_data_set(tmp_path, capsys):
     assert "decode s" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_growth_reports_time_and_memory_for_both_pipelines_at_each_scale(tmp_path, capsys):
     output = tmp_path / "growth.json"
     bench.main(["--growth", "1100", "--models", "mlp", "--output", str(output)])  # >= 2 batches of 512
@@ -77,7 +81,59 @@ def test_growth_reports_time_and_memory_for_both_pipelines_at_each_scale(tmp_pat
     assert "x memory" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_batch_table_rules_and_real_data(tmp_path):
     assert {rule: scale(4.0) for rule, scale in bench.LR_RULES.items()} == {"none": 1.0, "linear": 4.0, "sqrt": 2.0}
-    with pytest.raises(SystemExit):  # the table's accuracies mean something on real MNIST only
+    with pytest.raises(SystemExit) as exit:  # the table's accuracies mean something on real MNIST only
         bench.main(["--data_dir", str(tmp_path), "--batch_sizes", "64"])
+    assert exit.value.code == 2
+
+
+def test_flags_take_their_values_as_separate_words():
+    """As the Makefile and the README give them: several words for a list, a switch without a value."""
+    argv = ["--models", "cnn", "mlp", "--cache", "--batch_sizes", "32", "64", "--time_to_accuracy", "a.yaml", "b.yaml"]
+    config = bench.parser().parse_args(bench.jsonargparse_words(argv))
+    assert config.models == ["cnn", "mlp"] and config.batch_sizes == [32, 64] and config.cache is True
+    assert config.time_to_accuracy == ["a.yaml", "b.yaml"]
+    assert (config.epochs, config.output, config.growth) == (3, "bench.json", None)  # bench.run's defaults
+    assert bench.parser().parse_args(["--cache", "false"]).cache is False
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [(["--epochs", "x"], "--epochs"), (["--models", "mlp", "rnn"], "models"), (["--cache_imgs", "5"], "--cache_imgs")],
+)
+def test_a_bad_flag_or_value_is_one_error_line(argv, named, capsys):
+    with pytest.raises(SystemExit) as exit:
+        bench.main(argv)
+    error = capsys.readouterr().err
+    assert exit.value.code == 2
+    assert error.startswith("error: ") and error.count("\n") == 1 and named in error, error
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("interval", "steps"), [("step", 2 * 3), ("epoch", 2)])
+def test_classic_loop_sizes_a_schedule_that_spans_the_run(tmp_path, monkeypatch, interval, steps):
+    """OneCycleLR without total_steps: the bench gives it the classic loop's length (2 epochs of 3 batches), which
+    the loop then steps through to its end (one step past it would raise)."""
+    data_dir = write_synthetic_mnist(tmp_path / "data", num_train=5300, num_test=100)  # 300 training images
+    config = tmp_path / "onecycle.yaml"
+    config.write_text(
+        "trainer: {max_epochs: 2}\n"
+        "model:\n  class_path: proj.models.MLPClassifier\n  init_args:\n    hidden_sizes: [16]\n"
+        f"    scheduler_interval: {interval}\n"
+        "    scheduler: {class_path: torch.optim.lr_scheduler.OneCycleLR, init_args: {max_lr: 0.01}}\n"
+        "data: {class_path: proj.data.MNISTDataModule, init_args: {batch_size: 100}}\n"
+    )
+    schedulers = []
+    configure = bench.optimizer_and_scheduler
+
+    def spy(model):
+        optimizer, scheduler = configure(model)
+        schedulers.append(scheduler["scheduler"])
+        return optimizer, scheduler
+
+    monkeypatch.setattr(bench, "optimizer_and_scheduler", spy)
+    curve = bench.curve_classic(str(config), str(data_dir), workers=0)
+    assert len(curve) == 2
+    assert [(scheduler.total_steps, scheduler.last_epoch) for scheduler in schedulers] == [(steps, steps)]

@@ -39,29 +39,34 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from jsonargparse import ArgumentParser, DefaultHelpFormatter, Namespace
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 from torchvision.datasets import MNIST
 
-from proj.cli import ProjCLI
+from proj.cli import ProjCLI, build
 from proj.data import MNISTDataModule
 from proj.data.mnist import MEAN, SPLIT_FILES, STD
 from proj.data.synthetic import write_synthetic_mnist
+from proj.errors import UserError, exit_on_user_error
 from proj.models import ImageClassifier
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-VARIANTS = ("a_classic", "b_torchvision", "c_resident", "d_ceiling", "e_fit", "f_ceiling_val")
+Model = Literal["mlp", "cnn"]
+Variant = Literal["a_classic", "b_torchvision", "c_resident", "d_ceiling", "e_fit", "f_ceiling_val"]
+VARIANTS: tuple[Variant, ...] = get_args(Variant)
 RATIOS = (
     ("b_torchvision", "a_classic"),
     ("c_resident", "a_classic"),
@@ -97,19 +102,35 @@ class EpochEnds(pl.Callback):
         self.last = now
 
 
+def configured(config: str, *flags: str) -> ProjCLI:
+    """The run of a config file (and flags) as `python -m proj.fit` configures it, for a loop of the bench's own:
+    no logger, no record."""
+    return build(["--config", config, "--trainer.logger=false", *flags], record=False)
+
+
 def build_model(model: str) -> tuple[ImageClassifier, int]:
     """The model, optimizer and batch size of `configs/<model>.yaml`, through the parser users go through."""
-    cli = ProjCLI(args=["--config", str(CONFIGS / f"{model}.yaml")], run=False)
+    cli = configured(str(CONFIGS / f"{model}.yaml"))
     assert isinstance(cli.model, ImageClassifier)
     return cli.model, cli.datamodule.hparams["batch_size"]
 
 
-def optimization(
-    model: ImageClassifier, run_steps: int | None = None
-) -> tuple[torch.optim.Optimizer, dict[str, Any] | None]:
-    """The optimizer and the scheduler config (or None) the model's `configure_optimizers` would return for a
-    run of `run_steps` scheduler steps."""
-    configured = model.optimization(run_steps)
+def whole_run_steps(cli: ProjCLI, batches: int) -> int | None:
+    """The run's length in scheduler steps when its scheduler spans the run (OneCycleLR without `total_steps` or
+    `epochs`): epochs x `batches`, or epochs for a scheduler stepped every epoch; else None. proj.fit's Trainer
+    sizes such a schedule; a loop of one's own has to."""
+    model = cli.config.model.init_args
+    scheduler = model.get("scheduler")
+    arguments = scheduler.get("init_args") if isinstance(scheduler, Namespace) else None
+    if arguments is None or arguments.get("total_steps", 0) is not None or arguments.get("epochs") is not None:
+        return None
+    epochs = cli.trainer.max_epochs or 1
+    return epochs * batches if model.scheduler_interval == "step" else epochs
+
+
+def optimizer_and_scheduler(model: ImageClassifier) -> tuple[torch.optim.Optimizer, dict[str, Any] | None]:
+    """The optimizer and the scheduler config (or None) of the model's `configure_optimizers`."""
+    configured = model.configure_optimizers()
     if isinstance(configured, dict):
         return configured["optimizer"], configured["lr_scheduler"]
     return configured, None
@@ -133,7 +154,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images:
 
 def time_classic(model: ImageClassifier, data_dir: str, batch_size: int, workers: int, epochs: int = 1) -> list[float]:
     loader = classic_loader(data_dir, batch_size, workers)
-    optimizer, _ = optimization(model)  # the schedule does not change the time of a step
+    optimizer, _ = optimizer_and_scheduler(model)  # the schedule does not change the time of a step
     model.train()
     seconds = []
     for _ in range(epochs):
@@ -168,8 +189,7 @@ def time_fit(config: str, data_dir: str, batch_size: int, epochs: int = 2) -> li
     with tempfile.TemporaryDirectory(prefix="proj-bench-logs-") as logs:
         flags = ["--config", str(CONFIGS / f"{config}.yaml"), "--data.data_dir", data_dir]
         flags += ["--data.batch_size", str(batch_size), "--trainer.max_epochs", str(epochs + 1)]
-        cli = ProjCLI(args=[*flags, "--trainer.logger.init_args.save_dir", logs], run=False)
-        cli.trainer.callbacks.append(timer)  # type: ignore[attr-defined]
+        cli = build([*flags, "--trainer.logger.init_args.save_dir", logs], callbacks=[timer])
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     return timer.seconds
 
@@ -203,7 +223,7 @@ def time_ceiling(
     model: ImageClassifier, images: Tensor, labels: Tensor, batch_size: int, epochs: int = 1
 ) -> list[float]:
     images = normalised(images)
-    optimizer, _ = optimization(model)
+    optimizer, _ = optimizer_and_scheduler(model)
     model.train()
     seconds = []
     for _ in range(epochs):
@@ -243,20 +263,19 @@ class AccuracyClock(pl.Callback):
 
 def curve_proj(config: str, data_dir: str, logs: str, *flags: str) -> list[tuple[float, float]]:
     args = ["--config", config, "--data.data_dir", data_dir, "--trainer.logger.init_args.save_dir", logs, *flags]
-    cli = ProjCLI(args=args, run=False)
     clock = AccuracyClock(data_dir)
-    cli.trainer.callbacks.append(clock)  # type: ignore[attr-defined]
+    cli = build(args, callbacks=[clock])
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     return clock.curve
 
 
 def curve_classic(config: str, data_dir: str, workers: int) -> list[tuple[float, float]]:
-    cli = ProjCLI(args=["--config", config], run=False)
+    cli = configured(config)
+    loader = classic_loader(data_dir, cli.datamodule.hparams["batch_size"], workers)
+    if (steps := whole_run_steps(cli, len(loader))) is not None:
+        cli = configured(config, f"--model.scheduler.init_args.total_steps={steps}")
     model, epochs = cli.model, cli.trainer.max_epochs or 1
-    batch_size = cli.datamodule.hparams["batch_size"]
-    loader = classic_loader(data_dir, batch_size, workers)
-    per_step = model.hparams["scheduler_interval"] == "step"
-    optimizer, scheduler = optimization(model, epochs * len(loader) if per_step else epochs)
+    optimizer, scheduler = optimizer_and_scheduler(model)
     model.train()
     seconds, curve = 0.0, []
     for _ in range(epochs):
@@ -276,7 +295,7 @@ def seconds_to(curve: list[tuple[float, float]], target: float) -> float | None:
     return next((seconds for seconds, accuracy in curve if accuracy >= target), None)
 
 
-def time_to_accuracy(configs: list[str], data_dir: str, workers: int) -> dict[str, Any]:
+def race_to_accuracy(configs: Sequence[str], data_dir: str, workers: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as logs:
         for config in configs:
@@ -306,13 +325,13 @@ LR_RULES: dict[str, Callable[[float], float]] = {
 }
 
 
-def batch_table(config: str, data_dir: str, batch_sizes: list[int]) -> dict[str, Any]:
+def batch_table(config: str, data_dir: str, batch_sizes: Sequence[int]) -> dict[str, Any]:
     """The config trained at each batch size with its learning rate unchanged, scaled linearly with the batch,
     or by its square root (from the config's own batch size and rate): seconds per epoch, training seconds to
     98% test accuracy, final accuracy. One run where the rules agree (the config's own batch size)."""
-    base = ProjCLI(args=["--config", config], run=False)
+    base = configured(config)
     base_batch = int(base.datamodule.hparams["batch_size"])
-    base_lr = float(base.model.optimizer_callable.keywords["lr"])
+    base_lr = float(base.config.model.init_args.optimizer.init_args.lr)
     results: dict[str, Any] = {}
     print(f"\n{'batch':>6}{'rule':>8}{'lr':>10}{'s/epoch':>9}{'to 98%':>9}{'final':>9}")
     with tempfile.TemporaryDirectory() as logs:
@@ -454,88 +473,50 @@ def growth_report(base: int, model: str = "mlp", scales: tuple[int, ...] = (1, 2
     return results
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", default="data", help="folder holding MNIST/raw (else synthetic data)")
-    parser.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
-    parser.add_argument("--batch_size", type=int, help="for every model (default: each config's own)")
-    parser.add_argument("--epochs", type=int, default=3, help="rounds of one epoch per variant; the fastest counts")
-    parser.add_argument("--num_workers", type=int, default=2, help="DataLoader workers of (a) and (b)")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, help="what to time")
-    parser.add_argument("--output", default="bench.json", help="where the figures are written as JSON")
-    parser.add_argument("--time_to_accuracy", nargs="+", metavar="CONFIG", help="configs to race to 98%%/99%%")
-    parser.add_argument("--cache", action="store_true", help="time and size the resident cache of four data sets")
-    parser.add_argument("--cache_images", type=int, default=50_000, help="training images of the two 3x32x32 sets")
-    parser.add_argument("--growth", type=int, metavar="BASE", help="epoch time, memory at 1-8x BASE images")
-    parser.add_argument("--batch_sizes", nargs="+", type=int, help="train configs/<model>.yaml at these batch sizes")
-    args = parser.parse_args(argv)
-
-    if args.batch_sizes:
-        if not has_mnist(args.data_dir):
-            parser.error(f"--batch_sizes needs real MNIST in {args.data_dir}: set --data_dir")
-        table = batch_table(str(CONFIGS / f"{args.models[0]}.yaml"), args.data_dir, args.batch_sizes)
-        Path(args.output).write_text(json.dumps(table, indent=2))
-        print(f"\nfigures written to {args.output}")
-        return table
-
-    if args.growth:
-        report = growth_report(args.growth, args.models[0])
-        Path(args.output).write_text(json.dumps(report, indent=2))
-        print(f"\nfigures written to {args.output}")
-        return report
-
-    if args.cache:
-        report = cache_report(args.data_dir, args.cache_images)
-        Path(args.output).write_text(json.dumps(report, indent=2))
-        print(f"\nfigures written to {args.output}")
-        return report
-
-    if args.time_to_accuracy:
-        if not has_mnist(args.data_dir):
-            parser.error(f"--time_to_accuracy needs real MNIST in {args.data_dir}: set --data_dir")
-        race = time_to_accuracy(args.time_to_accuracy, args.data_dir, args.num_workers)
-        Path(args.output).write_text(json.dumps(race, indent=2))
-        print(f"\nfigures written to {args.output}")
-        return race
-    data_dir, source = args.data_dir, "real MNIST"
+def epoch_table(
+    data_dir: str, models: Sequence[str], batch_size: int | None, epochs: int, workers: int, variants: Sequence[str]
+) -> dict[str, Any]:
+    """Seconds of a training epoch, each variant of each model (see the module's docstring)."""
+    source = "real MNIST"
     if not has_mnist(data_dir):
         data_dir, source = tempfile.mkdtemp(prefix="proj-bench-"), "synthetic MNIST-sized data"
         write_synthetic_mnist(data_dir, num_train=60_000, num_test=10_000)
     pl.seed_everything(0, verbose=False)
-    data = MNISTDataModule(data_dir)
+    data = MNISTDataModule(data_dir, pipeline="resident")
     data.setup("fit")
-    train_images, train_labels = data.train_set  # type: ignore[misc]
-    val_split: tuple[Tensor, Tensor] = data.val_set  # type: ignore[assignment]
+    train_split, val_split = data.train_set, data.val_set
+    assert isinstance(train_split, tuple) and isinstance(val_split, tuple)  # the resident pipeline's tensors
+    train_images, train_labels = train_split
     samples = len(train_labels)
     print(
         f"{source} in {data_dir}: {samples} training images per epoch, "
-        f"{torch.get_num_threads()} threads, fastest of {args.epochs} epochs"
+        f"{torch.get_num_threads()} threads, fastest of {epochs} epochs"
     )
 
     results: dict[str, Any] = {"data": source, "samples_per_epoch": samples}
-    for name in args.models:
+    for name in models:
         pristine, config_batch_size = build_model(name)
-        batch_size = args.batch_size or config_batch_size
-        variants: dict[str, Callable[[ImageClassifier], list[float]]] = {
-            "a_classic": partial(time_classic, data_dir=data_dir, workers=args.num_workers, batch_size=batch_size),
-            "b_torchvision": partial(time_proj, data_dir=data_dir, pipeline="torchvision", batch_size=batch_size),
-            "c_resident": partial(time_proj, data_dir=data_dir, pipeline="resident", batch_size=batch_size),
-            "d_ceiling": partial(time_ceiling, images=train_images, labels=train_labels, batch_size=batch_size),
-            "e_fit": lambda model: time_fit(name, data_dir, batch_size),  # noqa: B023 (called in this iteration)
+        size = batch_size or config_batch_size
+        timers: dict[str, Callable[[ImageClassifier], list[float]]] = {
+            "a_classic": partial(time_classic, data_dir=data_dir, workers=workers, batch_size=size),
+            "b_torchvision": partial(time_proj, data_dir=data_dir, pipeline="torchvision", batch_size=size),
+            "c_resident": partial(time_proj, data_dir=data_dir, pipeline="resident", batch_size=size),
+            "d_ceiling": partial(time_ceiling, images=train_images, labels=train_labels, batch_size=size),
+            "e_fit": lambda model: time_fit(name, data_dir, size),  # noqa: B023 (called in this iteration)
             "f_ceiling_val": partial(
                 time_ceiling_with_validation,
                 images=train_images,
                 labels=train_labels,
                 val=val_split,
-                batch_size=batch_size,
+                batch_size=size,
             ),
         }
         # Rounds of one epoch per variant, interleaved, so that drift in the machine's speed (other load,
         # clock changes) reaches every variant alike; each epoch starts from the same initial weights.
-        epoch_times: dict[str, list[float]] = {variant: [] for variant in args.variants}
-        for _ in range(args.epochs):
-            for variant in args.variants:
-                epoch_times[variant] += variants[variant](copy.deepcopy(pristine))
+        epoch_times: dict[str, list[float]] = {variant: [] for variant in variants}
+        for _ in range(epochs):
+            for variant in variants:
+                epoch_times[variant] += timers[variant](copy.deepcopy(pristine))
         seconds = {variant: min(times) for variant, times in epoch_times.items()}
         ratios = {
             f"{top[0]}/{bottom[0]}": seconds[top] / seconds[bottom]
@@ -543,20 +524,102 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if top in seconds and bottom in seconds
         }
         results[name] = {
-            "batch_size": batch_size,
+            "batch_size": size,
             "epoch_seconds": seconds,
             "samples_per_second": {k: samples / v for k, v in seconds.items()},
             "ratios": ratios,
         }
-        print(f"\n{name} (batch {batch_size}): {'variant':<15}{'epoch s':>9}{'samples/s':>11}")
+        print(f"\n{name} (batch {size}): {'variant':<15}{'epoch s':>9}{'samples/s':>11}")
         for variant, value in seconds.items():
             print(f"{'':<5}{variant:<15}{value:>9.2f}{samples / value:>11.0f}")
         print("     " + "   ".join(f"{k} = {v:.2f}" for k, v in ratios.items()))
         if "c/a" in ratios:
             print(f"     resident is {1 / ratios['c/a']:.1f}x faster than the classic loop")
-    Path(args.output).write_text(json.dumps(results, indent=2))
-    print(f"\nfigures written to {args.output}")
     return results
+
+
+def run(
+    data_dir: str = "data",
+    models: Sequence[Model] = ("mlp", "cnn"),
+    batch_size: int | None = None,
+    epochs: int = 3,
+    num_workers: int = 2,
+    variants: Sequence[Variant] = VARIANTS,
+    output: str = "bench.json",
+    time_to_accuracy: Sequence[str] | None = None,
+    cache: bool = False,
+    cache_images: int = 50_000,
+    growth: int | None = None,
+    batch_sizes: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """Measure what the flags ask for (by default the epoch table), print it and write it to `output` as JSON.
+
+    Args:
+        data_dir: folder holding MNIST/raw (else synthetic data)
+        models: configs/<model>.yaml to time (--growth and --batch_sizes take the first)
+        batch_size: for every model (default: each config's own)
+        epochs: rounds of one epoch per variant; the fastest counts
+        num_workers: DataLoader workers of the classic loop and (b)
+        variants: what to time
+        output: where the figures are written as JSON
+        time_to_accuracy: config files to race to 98% and 99% test accuracy
+        cache: time and size the resident cache of four data sets
+        cache_images: training images of the two 3x32x32 sets of --cache
+        growth: BASE: epoch time and memory at 1-8x BASE images
+        batch_sizes: train configs/<model>.yaml at these batch sizes
+    """
+    if batch_sizes:
+        if not has_mnist(data_dir):
+            raise UserError(f"--batch_sizes needs real MNIST in {data_dir}: set --data_dir")
+        report = batch_table(str(CONFIGS / f"{models[0]}.yaml"), data_dir, batch_sizes)
+    elif growth:
+        report = growth_report(growth, models[0])
+    elif cache:
+        report = cache_report(data_dir, cache_images)
+    elif time_to_accuracy:
+        if not has_mnist(data_dir):
+            raise UserError(f"--time_to_accuracy needs real MNIST in {data_dir}: set --data_dir")
+        report = race_to_accuracy(time_to_accuracy, data_dir, num_workers)
+    else:
+        report = epoch_table(data_dir, models, batch_size, epochs, num_workers, variants)
+    Path(output).write_text(json.dumps(report, indent=2))
+    print(f"\nfigures written to {output}")
+    return report
+
+
+def jsonargparse_words(argv: Sequence[str]) -> list[str]:
+    """The command line as argparse took it, in the words jsonargparse takes: a bool flag without a value is true
+    (`--cache` -> `--cache=true`), a list flag's values are one word (`--models mlp cnn` -> `--models=["mlp",
+    "cnn"]`; jsonargparse's own `--models [mlp,cnn]` and `--models+ cnn` stay as they are)."""
+    hints = {f"--{name}": hint for name, hint in get_type_hints(run).items()}
+    lists = {flag for flag, hint in hints.items() if any(get_origin(h) is Sequence for h in (hint, *get_args(hint)))}
+    groups: list[list[str]] = []
+    for word, following in zip(argv, [*argv[1:], "-"], strict=True):
+        if hints.get(word) is bool and following.startswith("-"):
+            groups.append([f"{word}=true"])
+        elif groups and groups[-1][0] in lists and not word.startswith(("-", "[")):
+            groups[-1].append(word)
+        else:
+            groups.append([word])
+    return [f"{flag}={json.dumps(values)}" if values else flag for flag, *values in groups]
+
+
+class RawDescription(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """jsonargparse's help (types and defaults), below the module's docstring as it is written."""
+
+
+def parser() -> ArgumentParser:
+    """The flags of `run`, their defaults and help from its signature and docstring."""
+    parser = ArgumentParser(description=__doc__, formatter_class=RawDescription, exit_on_error=False)
+    parser.add_function_arguments(run, as_group=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """`python -m proj.bench`: a bad flag or value is one `error: ...` line and exit status 2, as in proj's CLI."""
+    with exit_on_user_error():
+        config = parser().parse_args(jsonargparse_words(sys.argv[1:] if argv is None else argv))
+        return run(**config.as_dict())
 
 
 if __name__ == "__main__":
