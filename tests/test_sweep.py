@@ -8,6 +8,8 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FixedTrial, TrialState
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -176,13 +178,13 @@ def test_shipped_spaces_parse_with_the_cli(mnist_dir):
 
 def test_random_sweep_writes_best_yaml_logs_each_trial_and_resumes(mnist_dir, tmp_path, capsys, monkeypatch):
     trainers = []
-    fit = proj.sweep.Trainer.fit
+    fit = Trainer.fit
 
     def spy(trainer, *args, **kwargs):
         trainers.append(trainer)
         return fit(trainer, *args, **kwargs)
 
-    monkeypatch.setattr(proj.sweep.Trainer, "fit", spy)
+    monkeypatch.setattr(Trainer, "fit", spy)
     out_dir = tmp_path / "sweep"
     args = sweep_args(mnist_dir, out_dir, write_space(tmp_path / "small.yaml", SMALL_SPACE), "--sampler", "random")
     proj.sweep.main([*args, "--n_trials", "3", "--seed", "0"])
@@ -196,7 +198,7 @@ def test_random_sweep_writes_best_yaml_logs_each_trial_and_resumes(mnist_dir, tm
     for trainer in trainers:  # pruning on --metric; no progress bar or model summary per trial
         pruning = [c for c in trainer.callbacks if isinstance(c, proj.sweep.PyTorchLightningPruningCallback)]
         assert [c.monitor for c in pruning] == ["val/acc"]
-        assert not [c for c in trainer.callbacks if isinstance(c, (proj.sweep.ProgressBar, proj.sweep.ModelSummary))]
+        assert not [c for c in trainer.callbacks if isinstance(c, (ProgressBar, ModelSummary))]
     for trial in study.trials:  # one TensorBoard run per trial, its searched values and the metric in HPARAMS
         run = out_dir / f"trial_{trial.number:03d}"
         hparams = yaml.safe_load((run / "hparams.yaml").read_text())
@@ -292,6 +294,7 @@ def test_median_pruner_stops_a_bad_trial_and_a_diverging_one(mnist_dir, tmp_path
         (["--sampler", "grid"], SMALL_SPACE, "model.optimizer.lr is a continuous float range"),
         ([], {"model.optimizer.lrr": {"type": "float", "low": 0.1, "high": 1}}, "unknown key model.optimizer.lrr"),
         ([], {"trainer.foo": {"type": "int", "low": 1, "high": 2}}, "unrecognized arguments '--trainer.foo 1'"),
+        (["--pruner_startup_trials", "many"], SMALL_SPACE, "--pruner_startup_trials expects int, got 'many'."),
     ],
 )
 def test_errors_are_one_line(mnist_dir, tmp_path, capsys, options, space, message):
@@ -310,3 +313,47 @@ def test_missing_space_file_and_a_study_with_another_goal(mnist_dir, tmp_path, c
     optuna.create_study(study_name="small", storage=f"sqlite:///{out_dir / 'study.db'}", direction="minimize")
     line = exit_error(capsys, sweep_args(mnist_dir, out_dir, write_space(tmp_path / "small.yaml", SMALL_SPACE)))
     assert "was started to minimize val/acc: continue it with --metric val/acc --direction minimize" in line
+
+
+def test_sweep_flags_are_the_parameters_of_run(tmp_path, capsys, monkeypatch):
+    """The sweep's flags and defaults are `run`'s; every other flag, wherever it is, goes to the trials' fits."""
+    assert proj.sweep.argument_parser().parse_args(["--space", "s.yaml"]).as_dict() == {
+        "space": "s.yaml",
+        "sampler": "tpe",
+        "n_trials": None,
+        "timeout": None,
+        "max_epochs": None,
+        "metric": "val/acc",
+        "direction": "maximize",
+        "pruner": "median",
+        "pruner_startup_trials": 5,
+        "pruner_warmup_epochs": 0,
+        "study_name": None,
+        "out_dir": None,
+        "storage": None,
+        "seed": None,
+    }
+    assert "the following arguments are required: --space" in exit_error(capsys, ["--config", "c.yaml"])
+
+    class Built(Exception):
+        pass
+
+    def sweep(space, fit_args, metric, out_dir, max_epochs):
+        raise Built(fit_args, metric, max_epochs)
+
+    monkeypatch.setattr(proj.sweep, "Sweep", sweep)
+    space = write_space(tmp_path / "small.yaml", SMALL_SPACE)
+    argv = [
+        "--config",
+        "c.yaml",
+        "--space",
+        str(space),
+        "--max_epochs=2",
+        "--data.batch_size",
+        "8",
+        "--metric",
+        "val/loss",
+    ]
+    with pytest.raises(Built) as built:
+        proj.sweep.main(argv)
+    assert built.value.args == (["--config", "c.yaml", "--data.batch_size", "8"], "val/loss", 2)

@@ -9,6 +9,7 @@ import pytest
 
 import proj.tune
 from conftest import MODEL_CONFIGS, build_cli, tiny_run_args
+from proj.errors import UserError
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -93,6 +94,9 @@ def test_batch_size_finder_reports_only_sizes_that_ran(mnist_dir, tmp_path, caps
         (["batch_size", "--mode", "exponential"], "unknown --mode 'exponential' for the batch_size finder"),
         (["lr", "--trainer.fast_dev_run", "true"], "the finders do not run with --trainer.fast_dev_run"),
         (["lr", "--data.batch_sizee", "3"], "unknown key data.batch_sizee: check its spelling"),  # a fit flag
+        (["lr", "--num_training", "abc"], "--num_training expects int, got 'abc'."),  # a finder's flag
+        (["batch_size", "--max_val"], "argument --max_val: expected one argument"),
+        (["size"], "invalid choice: 'size' (choose from 'lr', 'batch_size')"),
     ],
 )
 def test_errors_are_one_line(mnist_dir, tmp_path, capsys, args, message):
@@ -104,3 +108,38 @@ def test_errors_are_one_line(mnist_dir, tmp_path, capsys, args, message):
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: ")
     assert message in last
+
+
+def test_finder_flags_are_their_functions_parameters(monkeypatch):
+    """Each finder's flags and defaults are its function's; every other flag, wherever it is, builds the fit."""
+    defaults = proj.tune.argument_parser().parse_args
+    assert defaults(["lr"]).lr.as_dict() == {
+        "out_dir": "logs/tune",
+        "min_lr": 1e-8,
+        "max_lr": 1.0,
+        "num_training": 100,
+        "mode": "exponential",
+        "early_stop_threshold": 4.0,
+    }
+    assert defaults(["batch_size"]).batch_size.as_dict() == {
+        "out_dir": "logs/tune",
+        "mode": "power",
+        "steps_per_trial": 3,
+        "init_val": 2,
+        "max_trials": 25,
+        "max_val": 8192,
+        "margin": 0.05,
+    }
+    built = []
+
+    def build(fit_args):
+        built.append(fit_args)
+        raise UserError("built")
+
+    monkeypatch.setattr(proj.tune, "build", build)
+    argv = ["--config", "c.yaml", "--min_lr=1e-6", "--data.batch_size", "8", "--num_training", "5", "--mode", "linear"]
+    with pytest.raises(UserError, match="built"):
+        proj.tune.run(["lr", *argv])
+    assert built == [["--config", "c.yaml", "--data.batch_size", "8"]]
+    own, fit_args = proj.tune.split_flags(["--max_val=64", "--x", "1", "-h", "--mode"], ["max_val", "mode"])
+    assert (own, fit_args) == (["--max_val=64", "-h", "--mode"], ["--x", "1"])

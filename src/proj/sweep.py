@@ -13,39 +13,45 @@ default; with a server URL, workers on several machines share one study), so the
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import inspect
 import json
 import logging
 import sys
 import time
 import warnings
+from argparse import ArgumentError
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from pydoc import locate
 from typing import Any, TextIO
 
 import optuna
 import sqlalchemy
 from jsonargparse import ArgumentParser, Namespace
-from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
+from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 
 from proj.callbacks import HParamsMetrics
-from proj.cli import ProjCLI, expand_short_names
+from proj.cli import ProjCLI, build, expand_short_names
 from proj.errors import UserError, exit_on_user_error, summarize_parse_error
 from proj.models.base import NonFiniteLossError
 from proj.outputs import atomic_output
 from proj.search_space import Override, SearchSpace, cli_args
+from proj.tune import parse, split_flags
 
 SAMPLERS = ("grid", "random", "tpe")
 PRUNERS = ("median", "none")
 DIRECTIONS = ("maximize", "minimize")
 DEFAULT_TRIALS = 20
 TABLE_ROWS = 20
+# A trial's fit, beside the trial's own logger and callbacks: no progress bar or model summary (Optuna prints one line
+# per trial instead). Not among the trial's flags that best.yaml is made of.
+QUIET = ("--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false")
 
 
 class TrialFailed(Exception):
@@ -65,15 +71,15 @@ def parse_flags(parser: ArgumentParser, flags: list[str], what: str) -> Namespac
     """The CLI's parse of `flags`; its error (an unknown key, a bad value) becomes a UserError naming `what`."""
     try:
         return parser.parse_args(expand_short_names(flags))
-    except argparse.ArgumentError as err:
+    except ArgumentError as err:
         raise UserError(f"{what}: {summarize_parse_error(str(err))}") from err
 
 
-def build_cli(flags: list[str], what: str) -> ProjCLI:
-    """Model, data module and Trainer from the flags, as `python -m proj fit` would build them."""
+def build_cli(flags: list[str], what: str, callbacks: Sequence[Callback] = (), record: bool = True) -> ProjCLI:
+    """Model, data module and Trainer from the flags, as `python -m proj fit` would build them (see proj.cli.build)."""
     try:
-        return ProjCLI(args=flags, run=False)
-    except argparse.ArgumentError as err:
+        return build(flags, callbacks=callbacks, record=record)
+    except ArgumentError as err:
         raise UserError(f"{what}: {summarize_parse_error(str(err))}") from err
 
 
@@ -87,25 +93,18 @@ def logger_flag(save_dir: Path, version: str) -> str:
     return json.dumps({"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": init_args})
 
 
-def callbacks_of(trainer: Trainer) -> list[Callback]:
-    """The Trainer's callback list, to edit in place (a connector sets the attribute, out of mypy's view)."""
-    return trainer.callbacks  # type: ignore[attr-defined]
-
-
-def quiet(trainer: Trainer) -> None:
-    """No progress bar or model summary per trial: Optuna prints one line per trial instead."""
-    callbacks = callbacks_of(trainer)
-    callbacks[:] = [c for c in callbacks if not isinstance(c, (ProgressBar, ModelSummary))]
-
-
-def declare_metric(trainer: Trainer, metric: str) -> None:
-    """The swept metric as a column of TensorBoard's HPARAMS tab, beside the trial's hyperparameters."""
-    hparams_metrics = [c for c in callbacks_of(trainer) if isinstance(c, HParamsMetrics)]
+def declare_metric(callbacks: list[dict[str, Any]], metric: str) -> str:
+    """`--trainer.callbacks` (as `callbacks`, dumped config entries) with the swept metric as a column of
+    TensorBoard's HPARAMS tab, beside the trial's hyperparameters: among HParamsMetrics' (or one of its own)."""
+    hparams_metrics = [
+        c for c in callbacks if isinstance(cls := locate(c["class_path"]), type) and issubclass(cls, HParamsMetrics)
+    ]
     for callback in hparams_metrics:
-        if metric not in callback.metrics:
-            callback.metrics = (*callback.metrics, metric)
+        if metric not in (metrics := callback["init_args"]["metrics"]):
+            callback["init_args"]["metrics"] = [*metrics, metric]
     if not hparams_metrics:
-        callbacks_of(trainer).append(HParamsMetrics((metric,)))
+        callbacks.append({"class_path": "proj.callbacks.HParamsMetrics", "init_args": {"metrics": [metric]}})
+    return json.dumps(callbacks)
 
 
 class NoUserErrorTraceback(logging.Filter):
@@ -173,11 +172,18 @@ class Sweep:
     def check(self) -> None:
         """The fit flags built, their data found, and every choice and both ends of every range of the search
         space parsed, before the study starts: a typo fails now rather than at trial 40."""
-        base = build_cli(self.base_flags, "the fit flags do not parse")
+        base = build_cli(self.base_flags, "the fit flags do not parse", record=False)
         base.datamodule.prepare_data()  # data_dir, download: the same for every trial
         self.parser = base.parser
         for overrides in self.space.probes():
             parse_flags(base.parser, self.flags(overrides), described(overrides))
+
+    def callbacks_flag(self, flags: list[str], what: str) -> str:
+        """The `--trainer.callbacks` of these flags' config, with the swept metric declared (see declare_metric)."""
+        assert self.parser is not None
+        config = parse_flags(self.parser, flags, what)
+        callbacks = json.loads(self.parser.dump(config, format="json", skip_unset=False))["trainer"]["callbacks"]
+        return declare_metric([callbacks] if isinstance(callbacks, dict) else callbacks or [], self.metric)
 
     def objective(self, trial: optuna.Trial) -> float:
         flags = self.flags(self.space.suggest(trial))
@@ -189,12 +195,11 @@ class Sweep:
                 f"{log_dir} already exists, from an earlier study of the same name: delete it, or choose another "
                 "--out_dir or --study_name"
             )
-        logger = logger_flag(self.out_dir, log_dir.name)
-        cli = build_cli([*flags, "--trainer.logger", logger], f"the flags of trial {trial.number} do not parse")
+        what = f"the flags of trial {trial.number} do not parse"
+        logger, callbacks = logger_flag(self.out_dir, log_dir.name), self.callbacks_flag(flags, what)
+        pruning = PyTorchLightningPruningCallback(trial, monitor=self.metric)
+        cli = build_cli([*flags, *QUIET, "--trainer.logger", logger, "--trainer.callbacks", callbacks], what, [pruning])
         trainer = cli.trainer
-        quiet(trainer)
-        declare_metric(trainer, self.metric)
-        callbacks_of(trainer).append(PyTorchLightningPruningCallback(trial, monitor=self.metric))
         if trainer.logger is not None:  # the searched values by name, filterable in the HPARAMS tab
             searched = {f"sweep/{key}": value for key, value in self.space.labels(trial.params).items()}
             trainer.logger.log_hyperparams({"sweep/trial": trial.number, **searched})
@@ -245,7 +250,7 @@ class Sweep:
             f"Its best checkpoint: {best.user_attrs.get('best_model_path', '?')}",
             f"Train it: python -m proj.fit --config {path}",
         ]
-        text = "".join(f"# {line}\n" for line in header) + self.parser.dump(config, skip_none=False)
+        text = "".join(f"# {line}\n" for line in header) + self.parser.dump(config, skip_unset=False)
         with atomic_output(path) as partial:  # per process: workers may finish at the same time
             partial.write_text(text)
         if study.best_value != best.value:  # another worker's trial became the best meanwhile: again, so that
@@ -371,85 +376,103 @@ def summary(study: optuna.Study) -> str:
     return f"{len(study.trials)} trials ({', '.join(f'{n} {state}' for state, n in counts.items())})"
 
 
-def argument_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m proj.sweep",
-        usage="%(prog)s --space FILE [options] [--config FILE] [fit flags]",
-        description=__doc__.split("\n\n", 2)[2] if __doc__ else None,
-        epilog="Any other flag (--config FILE, --data.data_dir DIR, --trainer.*...) goes to every trial's fit.",
-        allow_abbrev=False,  # `--max` must not pass for --max_epochs: unknown flags belong to the fit
-    )
-    add = parser.add_argument
-    add("--space", required=True, metavar="FILE", help="YAML search space, e.g. configs/sweep/cnn.yaml")
-    add("--sampler", default="tpe", help="grid, random or tpe (Bayesian) (default: tpe)")
-    add(
-        "--n_trials",
-        type=int,
-        metavar="N",
-        help=f"trials to run now, on top of those the study already has (default: {DEFAULT_TRIALS}; with --sampler "
-        "grid, the rest of the grid; 0: only the table and best.yaml)",
-    )
-    add("--timeout", type=float, metavar="SECONDS", help="start no trial after this many seconds")
-    add("--max_epochs", type=int, metavar="N", help="epochs of every trial (default: the config's)")
-    add("--metric", default="val/acc", help="logged metric to optimise and to prune on (default: val/acc)")
-    add("--direction", default="maximize", help="maximize or minimize the metric (default: maximize)")
-    add("--pruner", default="median", help="median: stop a trial below the median at its epoch; none (default: median)")
-    add("--pruner_startup_trials", type=int, default=5, metavar="N", help="complete trials before any is pruned (5)")
-    add("--pruner_warmup_epochs", type=int, default=0, metavar="N", help="epochs before a trial may be pruned (0)")
-    add("--study_name", help="default: the search space file's name, e.g. cnn")
-    add("--out_dir", metavar="DIR", help="trial logs, study.db and best.yaml (default: logs/sweep-<study_name>)")
-    add("--storage", metavar="URL", help="database URL (default: sqlite:///<out_dir>/study.db)")
-    add("--seed", type=int, help="the sampler's seed, for a reproducible sequence of trials")
-    return parser
+def run(
+    space: str,
+    sampler: str = "tpe",
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    max_epochs: int | None = None,
+    metric: str = "val/acc",
+    direction: str = "maximize",
+    pruner: str = "median",
+    pruner_startup_trials: int = 5,
+    pruner_warmup_epochs: int = 0,
+    study_name: str | None = None,
+    out_dir: str | None = None,
+    storage: str | None = None,
+    seed: int | None = None,
+    fit_args: Sequence[str] = (),
+) -> None:
+    """Run --n_trials trials of the study, then print its table and write best.yaml.
 
-
-def run(argv: Sequence[str]) -> None:
-    options, fit_args = argument_parser().parse_known_args(argv)
+    Args:
+        space: YAML search space, e.g. configs/sweep/cnn.yaml
+        sampler: grid, random or tpe (Bayesian)
+        n_trials: trials to run now, on top of those the study already has (null: 20, or with --sampler grid the
+            rest of the grid; 0: only the table and best.yaml)
+        timeout: start no trial after this many seconds
+        max_epochs: epochs of every trial (null: the config's)
+        metric: logged metric to optimise and to prune on
+        direction: maximize or minimize the metric
+        pruner: median: stop a trial below the median at its epoch; none
+        pruner_startup_trials: complete trials before any is pruned
+        pruner_warmup_epochs: epochs before a trial may be pruned
+        study_name: null: the search space file's name, e.g. cnn
+        out_dir: trial logs, study.db and best.yaml (null: logs/sweep-<study_name>)
+        storage: database URL (null: sqlite:///<out_dir>/study.db)
+        seed: the sampler's seed, for a reproducible sequence of trials
+        fit_args: the flags of every trial's fit: the rest of the command line
+    """
     for name, value, allowed in [
-        ("sampler", options.sampler, SAMPLERS),
-        ("pruner", options.pruner, PRUNERS),
-        ("direction", options.direction, DIRECTIONS),
+        ("sampler", sampler, SAMPLERS),
+        ("pruner", pruner, PRUNERS),
+        ("direction", direction, DIRECTIONS),
     ]:
         if value not in allowed:
             raise UserError(f"unknown {name} {value!r}: use --{name} {' or '.join(allowed)}")
-    space = SearchSpace.load(options.space)
-    grid = space.grid() if options.sampler == "grid" else None  # a continuous range fails here
-    name = options.study_name or Path(options.space).stem
-    out_dir = Path(options.out_dir or f"logs/sweep-{name}")
-    storage = options.storage or f"sqlite:///{out_dir / 'study.db'}"
+    search_space = SearchSpace.load(space)
+    grid = search_space.grid() if sampler == "grid" else None  # a continuous range fails here
+    name = study_name or Path(space).stem
+    folder = Path(out_dir or f"logs/sweep-{name}")
+    storage = storage or f"sqlite:///{folder / 'study.db'}"
 
-    sweep = Sweep(space, fit_args, options.metric, out_dir, options.max_epochs)
+    sweep = Sweep(search_space, list(fit_args), metric, folder, max_epochs)
     with quiet_trials():
         sweep.check()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        pruner = make_pruner(options.pruner, options.pruner_startup_trials, options.pruner_warmup_epochs)
-        study = open_study(storage, name, options.metric, options.direction, pruner)
-        study.sampler = make_sampler(options.sampler, space, options.seed, len(study.trials))
-        n_trials = DEFAULT_TRIALS if options.n_trials is None else options.n_trials
+        folder.mkdir(parents=True, exist_ok=True)
+        study = open_study(
+            storage, name, metric, direction, make_pruner(pruner, pruner_startup_trials, pruner_warmup_epochs)
+        )
+        study.sampler = make_sampler(sampler, search_space, seed, len(study.trials))
+        count = DEFAULT_TRIALS if n_trials is None else n_trials
         if grid is not None:
             left = grid_points_left(study, grid)
-            n_trials = left if options.n_trials is None else min(options.n_trials, left)
-        if n_trials > 0:
-            study.optimize(sweep.objective, n_trials=n_trials, timeout=options.timeout, catch=(TrialFailed,))
+            count = left if n_trials is None else min(n_trials, left)
+        if count > 0:
+            study.optimize(sweep.objective, n_trials=count, timeout=timeout, catch=(TrialFailed,))
 
-    print(f"\n{trials_table(study, space, options.metric)}\n")
+    print(f"\n{trials_table(study, search_space, metric)}\n")
     if sweep.finished and len(sweep.failures) == sweep.finished:
         raise UserError(f"all {sweep.finished} trials failed; the first: {sweep.failures[0]}")
     if not any(trial.state == TrialState.COMPLETE for trial in study.get_trials(deepcopy=False)):
         raise UserError(f"no trial of study {name!r} has completed yet ({summary(study)})")
-    best, path = sweep.write_best(study), out_dir / "best.yaml"
-    print(f"Best: trial {best.number}, {options.metric} = {best.value:.4f}")
+    best, path = sweep.write_best(study), folder / "best.yaml"
+    print(f"Best: trial {best.number}, {metric} = {best.value:.4f}")
     print(f"Its config: {path}  (python -m proj.fit --config {path})")
     complete = grid is not None and not grid_points_left(study, grid)
     more = "the grid is complete" if complete else "the same command again runs more"
     print(f"Study {name!r} in {masked(storage)}: {summary(study)}; {more}.")
 
 
+def argument_parser() -> ArgumentParser:
+    """The flags of `run`, all but fit_args: defaults and help come from its signature and docstring."""
+    parser = ArgumentParser(
+        prog="python -m proj.sweep",
+        usage="%(prog)s --space FILE [options] [--config FILE] [fit flags]",
+        description=__doc__.split("\n\n", 2)[2] if __doc__ else None,
+        epilog="Any other flag (--config FILE, --data.data_dir DIR, --trainer.*...) goes to every trial's fit.",
+        exit_on_error=False,
+    )
+    parser.add_function_arguments(run, skip={"fit_args"}, as_group=False)
+    return parser
+
+
 def main(args: Sequence[str] | None = None) -> None:
     """Run a sweep; a problem the user can fix exits with its message and status 2, not a traceback."""
     try:
         with exit_on_user_error():
-            run(sys.argv[1:] if args is None else args)
+            own, fit_args = split_flags(sys.argv[1:] if args is None else args, inspect.signature(run).parameters)
+            run(**parse(argument_parser(), own).as_dict(), fit_args=fit_args)
     except KeyboardInterrupt as err:
         print("\nInterrupted: the same command again continues the study.", file=sys.stderr)
         sys.exit(err.status if isinstance(err, Interrupted) else 130)

@@ -13,36 +13,37 @@ proj.fit, and saves a plot in --out_dir.
 
 from __future__ import annotations
 
-import argparse
+import inspect
 import math
 import sys
 import time
-from collections.abc import Sequence
+from argparse import ArgumentError
+from collections.abc import Callable, Iterable, Sequence
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 import torch
-from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from jsonargparse import ArgumentParser, Namespace
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
-from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.tuner import Tuner
 from matplotlib.figure import Figure
 
+import proj.cli
 from proj.cli import ProjCLI
-from proj.errors import UserError, exit_on_user_error
+from proj.errors import HELP, UserError, exit_on_user_error, summarize_parse_error
+
+# What a finder's fit does differently from proj.fit's. No logger: the tuner's teardown would flush it, leaving a run
+# folder with nothing in it. The finder's own step count ends it, not the config's epochs; finite all the same, so
+# that a schedule sized by the run (configs/cnn.yaml's OneCycleLR) can be built before the finder sets its steps.
+FINDER_FLAGS = ("--trainer.logger=false", "--trainer.max_epochs=1000000")
 
 
-def build(fit_args: list[str]) -> ProjCLI:
-    """Model, data and Trainer as `proj fit` builds them, minus what would write a run folder."""
-    cli = ProjCLI(args=fit_args, run=False)
-    callbacks: list[Callback] = cli.trainer.callbacks  # type: ignore[attr-defined]
-    callbacks[:] = [c for c in callbacks if not isinstance(c, SaveConfigCallback)]  # it writes config.yaml at setup
-    cli.trainer.loggers = []  # the tuner's teardown would flush them: a run folder with nothing in it
-    # The finder's own step count ends it, not the config's epochs; finite all the same, so that a schedule sized
-    # by the run (configs/cnn.yaml's OneCycleLR) can be built before the finder sets its steps.
-    cli.trainer.fit_loop.max_epochs = 1_000_000
-    return cli
+def build(fit_args: Sequence[str]) -> ProjCLI:
+    """Model, data and Trainer as `proj fit` builds them from `fit_args`, writing no run folder or config.yaml."""
+    return proj.cli.build([*fit_args, *FINDER_FLAGS], record=False)
 
 
 def check_ran(result: object) -> None:
@@ -79,14 +80,24 @@ def steepest_descent(
 
 def find_lr(
     cli: ProjCLI,
-    out_dir: Path,
+    out_dir: str | Path = "logs/tune",
     min_lr: float = 1e-8,
     max_lr: float = 1.0,
     num_training: int = 100,
     mode: str = "exponential",
     early_stop_threshold: float | None = 4.0,
 ) -> float | None:
-    """Lightning's range test; the suggestion (None when too few steps ran) is printed and plotted."""
+    """The learning-rate range test; its suggestion (None when too few steps ran) is printed and plotted.
+
+    Args:
+        cli: the run to test, from `build`
+        out_dir: where the plot goes
+        min_lr: first rate of the range test
+        max_lr: last rate of the range test
+        num_training: steps of the range test
+        mode: how the rate grows: exponential or linear
+        early_stop_threshold: stop when the loss exceeds this times its lowest (null: never)
+    """
     # update_attr=False: these models take an optimizer class and its arguments, not an `lr` attribute. The range
     # test swaps in its own schedule on the configured optimizer, whatever that optimizer is.
     finder = Tuner(cli.trainer).lr_find(
@@ -119,8 +130,8 @@ def find_lr(
         f"Learning-rate range test, {steps} steps: "
         + (f"suggested {suggestion:.3g}" if suggestion is not None else "no suggestion")
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "lr_find.png"
+    path = Path(out_dir) / "lr_find.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
     plt.close(figure)  # Lightning drew it with pyplot, which keeps every figure until closed
     if steps < num_training:
@@ -160,18 +171,23 @@ class StepTimer:
         size = getattr(self.trainer.train_dataloader, "batch_size", None) or len(batch[0])
         self.best[size] = max(self.best.get(size, 0.0), len(batch[0]) / seconds)
 
+    # Lightning's finder empties the Trainer's callbacks for its trials (tuner/batch_size_scaling.py), so no
+    # callback can time them: these methods shadow the model's hooks of the same names while the finder runs.
+    HOOKS = ("on_train_batch_start", "on_train_batch_end")
+
     def __enter__(self) -> StepTimer:
-        self.model.on_train_batch_start = self.on_train_batch_start  # type: ignore[method-assign]
-        self.model.on_train_batch_end = self.on_train_batch_end  # type: ignore[method-assign]
+        for hook in self.HOOKS:
+            setattr(self.model, hook, getattr(self, hook))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        del self.model.on_train_batch_start, self.model.on_train_batch_end  # back to the class's hooks
+        for hook in self.HOOKS:
+            delattr(self.model, hook)  # back to the class's hooks
 
 
 def find_batch_size(
     cli: ProjCLI,
-    out_dir: Path,
+    out_dir: str | Path = "logs/tune",
     mode: str = "power",
     steps_per_trial: int = 3,
     init_val: int = 2,
@@ -179,7 +195,18 @@ def find_batch_size(
     max_val: int = 8192,
     margin: float = 0.05,
 ) -> int:
-    """The largest batch size that ran, set on the data module; the sizes tried are plotted with their speed."""
+    """The largest batch size that ran, set on the data module; the sizes tried are plotted with their speed.
+
+    Args:
+        cli: the run to size, from `build`
+        out_dir: where the plot goes
+        mode: power: double until out of memory; binsearch: then bisect
+        steps_per_trial: training steps per batch size
+        init_val: first batch size
+        max_trials: most batch sizes to try
+        max_val: largest batch size to try
+        margin: binsearch: take this fraction off the result
+    """
     # Lightning runs its first trial with the loader it already has: start that loader at init_val.
     set_batch_size(cli.datamodule, init_val)
     with StepTimer(cli.model, cli.trainer) as timer:
@@ -211,7 +238,7 @@ def find_batch_size(
             "On the CPU nothing runs out of memory: the search only stops at --max_val or --max_trials. "
             "Choose by images per second instead."
         )
-    path = plot_batch_sizes(timer.best, found, out_dir)
+    path = plot_batch_sizes(timer.best, found, Path(out_dir))
     print(f"Plot: {path}")
     return found
 
@@ -242,63 +269,63 @@ def plot_batch_sizes(speeds: dict[int, float], found: int, out_dir: Path) -> Pat
     return path
 
 
-def argument_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+FINDERS: dict[str, Callable[..., object]] = {"lr": find_lr, "batch_size": find_batch_size}
+MODES = {"lr": ("exponential", "linear"), "batch_size": ("power", "binsearch")}
+
+
+def argument_parser() -> ArgumentParser:
+    """`lr` and `batch_size`, whose flags are their functions' parameters (all but the run): defaults and help
+    come from the signatures and docstrings."""
+    parser = ArgumentParser(
         prog="python -m proj.tune",
         description=__doc__.split("\n\n", 2)[2] if __doc__ else None,
         epilog="Any other flag (--config FILE, --data.*, --model.*, --trainer.*) builds the fit as proj.fit would.",
-        allow_abbrev=False,
+        exit_on_error=False,
     )
-    finders = parser.add_subparsers(dest="finder", required=True, metavar="{lr,batch_size}")
-    defaults = argparse.ArgumentDefaultsHelpFormatter
-    lr = finders.add_parser("lr", help="learning-rate range test", formatter_class=defaults, allow_abbrev=False)
-    lr.add_argument("--min_lr", type=float, default=1e-8, help="first rate of the range test")
-    lr.add_argument("--max_lr", type=float, default=1.0, help="last rate of the range test")
-    lr.add_argument("--num_training", type=int, default=100, help="steps of the range test")
-    lr.add_argument("--mode", default="exponential", help="how the rate grows: exponential or linear")
-    lr.add_argument(
-        "--early_stop_threshold", type=float, default=4.0, help="stop when the loss exceeds this times its lowest"
-    )
-    size = finders.add_parser("batch_size", help="largest batch size", formatter_class=defaults, allow_abbrev=False)
-    size.add_argument("--mode", default="power", help="power: double until out of memory; binsearch: then bisect")
-    size.add_argument("--steps_per_trial", type=int, default=3, help="training steps per batch size")
-    size.add_argument("--init_val", type=int, default=2, help="first batch size")
-    size.add_argument("--max_trials", type=int, default=25, help="most batch sizes to try")
-    size.add_argument("--max_val", type=int, default=8192, help="largest batch size to try")
-    size.add_argument("--margin", type=float, default=0.05, help="binsearch: take this fraction off the result")
-    for finder in (lr, size):
-        finder.add_argument("--out_dir", default="logs/tune", help="where the plot goes")
+    subcommands = parser.add_subcommands(dest="finder")
+    for name, finder in FINDERS.items():
+        subparser = ArgumentParser(exit_on_error=False)
+        subparser.add_function_arguments(finder, skip={"cli"}, as_group=False)
+        subcommands.add_subcommand(name, subparser, help=(inspect.getdoc(finder) or "").partition("\n")[0])
     return parser
 
 
+def split_flags(argv: Sequence[str], names: Iterable[str]) -> tuple[list[str], list[str]]:
+    """A tool's own flags in argv (`--NAME VALUE` or `--NAME=VALUE` for each NAME of `names`, and --help), and the
+    rest, the flags of the fit: what argparse's parse_known_args did, which jsonargparse has no equivalent of."""
+    flags = {f"--{name}" for name in names}
+    own: list[str] = []
+    rest: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        flag, equals, _ = arg.partition("=")
+        if arg in ("-h", "--help"):
+            own.append(arg)
+        elif flag in flags:
+            own += [arg, *islice(args, 0 if equals else 1)]
+        else:
+            rest.append(arg)
+    return own, rest
+
+
+def parse(parser: ArgumentParser, argv: list[str]) -> Namespace:
+    """The tool's own flags; an error is one line, as the main CLI's, pointing at the tool's --help."""
+    try:
+        return parser.parse_args(argv)
+    except ArgumentError as err:
+        message = summarize_parse_error(str(err)).replace(HELP, f"`{parser.prog} --help` lists the flags")
+        raise UserError(message) from err
+
+
 def run(argv: Sequence[str]) -> None:
-    options, fit_args = argument_parser().parse_known_args(argv)
-    modes = {"lr": ("exponential", "linear"), "batch_size": ("power", "binsearch")}[options.finder]
-    if options.mode not in modes:
-        raise UserError(f"unknown --mode {options.mode!r} for the {options.finder} finder: use {' or '.join(modes)}")
-    cli = build(fit_args)
-    out_dir = Path(options.out_dir)
-    if options.finder == "lr":
-        find_lr(
-            cli,
-            out_dir,
-            options.min_lr,
-            options.max_lr,
-            options.num_training,
-            options.mode,
-            options.early_stop_threshold,
-        )
-    else:
-        find_batch_size(
-            cli,
-            out_dir,
-            options.mode,
-            options.steps_per_trial,
-            options.init_val,
-            options.max_trials,
-            options.max_val,
-            options.margin,
-        )
+    """`FINDER [its flags] [fit flags]`: the finder's flags (those of its function) parsed, the rest build the fit."""
+    finder = FINDERS.get(argv[0]) if argv else None
+    own, fit_args = split_flags(argv[1:], inspect.signature(finder).parameters if finder else ())
+    config = parse(argument_parser(), [*argv[:1], *own])
+    options = config[config.finder].as_dict()
+    if options["mode"] not in (modes := MODES[config.finder]):
+        raise UserError(f"unknown --mode {options['mode']!r} for the {config.finder} finder: use {' or '.join(modes)}")
+    FINDERS[config.finder](build(fit_args), **options)
 
 
 def main(args: Sequence[str] | None = None) -> None:
