@@ -18,7 +18,7 @@ import torchvision
 from lightning.pytorch import Callback, seed_everything
 from torch.utils.data import DistributedSampler
 
-import proj.data.base
+import proj.outputs
 from conftest import MNIST_SHAPE, NUM_TEST, NUM_TRAIN, VAL_SIZE, datamodule, quick_trainer
 from proj.data import MNISTDataModule
 from proj.data.mnist import AUGMENT, MEAN, STD
@@ -541,7 +541,7 @@ def test_cache_write_on_a_full_disk_stops_with_the_path_and_leaves_the_old_cache
     def fail(source, target):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(proj.data.base.os, "replace", fail)
+    monkeypatch.setattr(proj.outputs.os, "replace", fail)  # the rename of every file written whole
     with pytest.raises(UserError, match=r"cannot write the data cache '.*resident-uint8\.pt': no space left"):
         fresh_setup(data_dir)
     assert cache_of(data_dir).read_bytes() == before
@@ -554,7 +554,7 @@ def test_cache_write_refused_by_the_folder_is_skipped_with_one_line(data_dir, mo
     def fail(source, target):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(proj.data.base.os, "replace", fail)
+    monkeypatch.setattr(proj.outputs.os, "replace", fail)
     dm = fresh_setup(data_dir)
     assert_matches_files(dm, data_dir)
     assert not cache_of(data_dir).exists()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import io
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,12 +16,13 @@ from proj.data import ImageDataModule
 from proj.errors import UserError
 from proj.models import ImageClassifier
 from proj.models.base import DATA_KEY
+from proj.outputs import atomic_write
 
 HINT = "pass a .ckpt written by proj.fit, e.g. logs/mnist/version_0/checkpoints/last.ckpt"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes a checkpoint beside its destination, syncs it to disk, then renames it into place.
+    """Writes a checkpoint beside its destination, syncs it to disk, then renames it into place (`atomic_write`).
 
     Lightning's own writer renames a temporary file from the system's temp folder: across file systems
     that is a copy, and a kill during the copy leaves a truncated `last.ckpt`. A rename within one folder
@@ -37,21 +37,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
-        partial = path.with_name(f".{path.name}.partial")
-        try:
-            with open(partial, "wb") as file:
+        try:  # one partial name per checkpoint (only rank 0 writes): a killed run's leftover is overwritten
+            with atomic_write(path, path.with_name(f".{path.name}.partial")) as partial, open(partial, "wb") as file:
                 file.write(buffer.getbuffer())
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(partial, path)
         except OSError as err:
             raise UserError(
                 f"cannot write checkpoint {str(path)!r}: {err.strerror or err}. Nothing half-written is left and "
                 f"the previous {path.name} (if any) is intact; free space or write elsewhere (--trainer.logger."
                 "init_args.save_dir), then resume with --ckpt_path last."
             ) from err
-        finally:  # also on a KeyboardInterrupt or a write error: no partial file is left to fill the disk
-            partial.unlink(missing_ok=True)
 
 
 def version_dirs(root: str | Path) -> list[Path]:

@@ -27,19 +27,30 @@ def check_output(path: str | Path, flag: str) -> Path:
 
 
 @contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """A temporary path beside `path` to write to; moved onto `path` when the block ends without an error.
+def atomic_write(path: Path, partial: Path | None = None, sync: bool = True) -> Iterator[Path]:
+    """A temporary path beside `path` to write to (`partial`, else `<name>.<pid>.partial`), renamed onto `path`
+    when the block ends without an error, and removed in every case (a write error, a KeyboardInterrupt).
 
-    Readers see the old file or the whole new one, never half of it (a crash leaves at most the temporary
-    file, which is removed when Python gets the chance). An OSError while writing becomes a UserError.
+    The one writer of every file proj replaces: a rename within one folder is atomic, so readers see the old file
+    or the whole new one, never half of it, and a crash leaves at most the temporary file. `sync`: on disk before
+    the rename, so that a power cut cannot leave an empty file. Errors pass through, for the caller to word.
     """
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    partial = partial or path.with_name(f"{path.name}.{os.getpid()}.partial")
     try:
         yield partial
-        with open(partial, "rb") as written:
-            os.fsync(written.fileno())  # on disk before the rename, so a power cut cannot leave an empty file
+        if sync:
+            with open(partial, "rb") as written:
+                os.fsync(written.fileno())
         os.replace(partial, path)
-    except OSError as err:
-        raise UserError(f"cannot write {str(path)!r}: {err.strerror or err}") from err
     finally:
         partial.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """`atomic_write` for result files: an OSError while writing becomes a UserError naming the path."""
+    try:
+        with atomic_write(path) as partial:
+            yield partial
+    except OSError as err:
+        raise UserError(f"cannot write {str(path)!r}: {err.strerror or err}") from err

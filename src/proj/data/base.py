@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import errno
-import os
 import pickle
 import warnings
 import zlib
@@ -32,6 +31,7 @@ from torchvision.transforms import v2
 
 from proj.data.resident import ResidentLoader
 from proj.errors import UserError
+from proj.outputs import atomic_write
 
 Split = Literal["train", "val", "test"]
 TensorSplit = tuple[Tensor, Tensor]  # uint8 images (N, C, H, W) and int64 labels (N,)
@@ -275,12 +275,10 @@ class ImageDataModule(LightningDataModule):
     def _write_cache(path: Path, content: dict[str, Any]) -> None:
         """Atomically: readers see the old file or the whole new one. A read-only data folder is no error (the
         cache is only saved time); a full disk is, as for any file a run writes."""
-        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-        try:
-            torch.save(content, partial)
-            os.replace(partial, path)
+        try:  # not synced: a cache torn by a power cut fails its checksum and is rebuilt
+            with atomic_write(path, sync=False) as partial:
+                torch.save(content, partial)
         except (OSError, RuntimeError) as err:  # torch.save raises RuntimeError for an unwritable file
-            partial.unlink(missing_ok=True)
             if _disk_full(err):
                 raise UserError(
                     f"cannot write the data cache {str(path)!r}: no space left on the device; free space, or "
