@@ -1,6 +1,10 @@
 PYTHON ?= python3
+.DEFAULT_GOAL := help
 
-.PHONY: install test test-unit lint typecheck smoke bench bench-cache bench-growth notebooks tensorboard clean
+.PHONY: help install test test-unit lint typecheck smoke bench bench-cache bench-growth notebooks tensorboard clean
+
+help:  ## this list: each target and what it does (`make` alone prints it)
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "%-14s %s\n", $$1, $$2}'
 
 install:  ## install proj and its dev tools (torch from the pins in pyproject.toml)
 	$(PYTHON) -m pip install -e ".[dev]"
@@ -11,11 +15,11 @@ test:  ## the whole suite: unit tests and the slow end-to-end fits
 test-unit:  ## unit tests only (< 3 minutes on 2 cores)
 	$(PYTHON) -m pytest -m "not slow"
 
-lint:
+lint:  ## ruff: lint and formatting check (fix the format with `ruff format .`)
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 
-typecheck:
+typecheck:  ## mypy on src/proj
 	$(PYTHON) -m mypy
 
 DATA ?= data
@@ -35,8 +39,8 @@ bench-growth:  ## an epoch's seconds and peak memory at 1, 2, 4 and 8 x 7,500 tr
 notebooks:  ## execute notebooks/*.ipynb (outputs are not saved) on MNIST in $(DATA)
 	PROJ_DATA_DIR=$(abspath $(DATA)) $(PYTHON) -m pytest --nbmake notebooks/
 
-tensorboard:
+tensorboard:  ## TensorBoard on the runs in logs/
 	$(PYTHON) -m tensorboard.main --logdir logs
 
-clean:
+clean:  ## remove logs/, the bench JSON files and the tools' caches
 	rm -rf logs bench.json bench-cache.json bench-growth.json .pytest_cache .mypy_cache .ruff_cache
