@@ -33,7 +33,7 @@ from matplotlib.figure import Figure
 
 import proj.cli
 from proj.cli import ProjCLI
-from proj.errors import HELP, UserError, exit_on_user_error, summarize_parse_error
+from proj.errors import UserError, exit_on_user_error, summarize_parse_error
 
 # What a finder's fit does differently from proj.fit's. No logger: the tuner's teardown would flush it, leaving a run
 # folder with nothing in it. The finder's own step count ends it, not the config's epochs; finite all the same, so
@@ -309,12 +309,11 @@ def split_flags(argv: Sequence[str], names: Iterable[str]) -> tuple[list[str], l
 
 
 def parse(parser: ArgumentParser, argv: list[str]) -> Namespace:
-    """The tool's own flags; an error is one line, as the main CLI's, pointing at the tool's --help."""
+    """The tool's own flags; an error is one line, as the main CLI's, naming the tool's --help (not proj fit's)."""
     try:
         return parser.parse_args(argv)
     except ArgumentError as err:
-        message = summarize_parse_error(str(err)).replace(HELP, f"`{parser.prog} --help` lists the flags")
-        raise UserError(message) from err
+        raise UserError(summarize_parse_error(str(err), f"`{parser.prog} --help` lists every flag")) from err
 
 
 def run(argv: Sequence[str]) -> None:
