@@ -136,6 +136,14 @@ CATALOGUE = {
         ["--data.val_size", str(NUM_TRAIN)],
         [f"val_size {NUM_TRAIN}", f"out of {NUM_TRAIN}", "--data.val_size"],
     ),
+    "plateau without a monitor": (
+        ["--model.scheduler", "ReduceLROnPlateau"],
+        ["--model.scheduler.monitor", "required"],
+    ),
+    "max_epochs not a number": (
+        ["--trainer.max_epochs", "abc"],
+        ["--trainer.max_epochs", "int or null", "'abc'"],
+    ),
     "plateau monitor never logged": (
         ["--model.scheduler", "ReduceLROnPlateau", "--model.scheduler.monitor", "val/los"],
         ["'val/los'", "never logged", "val/loss", "--model.scheduler.init_args.monitor"],

@@ -7,7 +7,6 @@ file sets defaults (model, logger, callbacks), adds `--test_after_fit`, makes ru
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,15 +30,21 @@ from proj.checkpoints import (
     check_fits,
     check_same_data,
     check_trusted,
-    find_last,
     load_weights,
     read_checkpoint,
-    version_dirs,
 )
 from proj.continuation import check_continuation
 from proj.data import ImageDataModule
 from proj.errors import UserError, exit_on_user_error
 from proj.models import ImageClassifier
+from proj.runs import (
+    RunFolder,
+    checkpoint_file,
+    continue_in_its_run,
+    find_last_checkpoint,
+    name_runs_after_data,
+    with_run_config,
+)
 
 DEFAULTS = {
     "model": {"class_path": "proj.models.CNNClassifier"},
@@ -93,50 +98,6 @@ def expand_short_names(argv: list[str]) -> list[str]:
     return expanded
 
 
-CKPT_KEYWORDS = ("best", "last", "hpc", "registry")  # --ckpt_path values that are Lightning's words, not files
-
-
-def checkpoint_file(ckpt_path: str | None) -> Path | None:
-    """--ckpt_path as a file, or None when absent or one of Lightning's keywords ("best", "hpc", "registry:..")."""
-    if ckpt_path is None or ckpt_path in CKPT_KEYWORDS or str(ckpt_path).startswith("registry:"):
-        return None
-    return Path(ckpt_path)
-
-
-def with_run_config(argv: list[str]) -> list[str]:
-    """`SUBCOMMAND --ckpt_path <run>/checkpoints/X.ckpt` without `--config`: the run's own config.yaml first, so
-    that it goes on with its data and Trainer settings (flags given still override them; Lightning #16014)."""
-    if argv[:1] not in (["fit"], ["validate"], ["test"], ["predict"]):
-        return argv
-    ckpt_path = None
-    for index, arg in enumerate(argv):
-        flag, equals, value = arg.partition("=")
-        if flag == "--config":
-            return argv
-        if flag == "--ckpt_path":
-            ckpt_path = value if equals else next(iter(argv[index + 1 : index + 2]), None)
-    if (checkpoint := checkpoint_file(ckpt_path)) is None:
-        return argv
-    config_file = checkpoint.parent.parent / "config.yaml"
-    if not config_file.is_file():
-        print(
-            f"No config.yaml beside {ckpt_path}: the model comes from the checkpoint, the data and Trainer settings "
-            "are the defaults (pass --config <its run>/config.yaml if it has one elsewhere)."
-        )
-        return argv
-    print(f"Settings from {config_file}, the run that wrote {ckpt_path}; flags given override them.")
-    return [argv[0], "--config", str(config_file), *argv[1:]]
-
-
-def name_runs_after_data(config: Namespace) -> None:
-    """Runs of a logger without a name go under the data set's: logs/mnist, logs/fashionmnist, logs/imagefolder..."""
-    logger = config.get("trainer", Namespace()).get("logger")
-    init_args = logger.get("init_args") if isinstance(logger, Namespace) else None
-    if init_args is not None and "name" in init_args and init_args.name is None:
-        data_class = str(config.get("data", Namespace()).get("class_path") or "")
-        init_args.name = data_class.rpartition(".")[2].removesuffix("DataModule").lower() or "runs"
-
-
 class ProjCLI(LightningCLI):
     """`python -m proj {fit,validate,test,predict}`: any ImageClassifier subclass on any ImageDataModule subclass.
 
@@ -146,12 +107,12 @@ class ProjCLI(LightningCLI):
     def __init__(
         self, args: ArgsType = None, extra_callbacks: Sequence[Callback] = (), record: bool = True, **kwargs: object
     ) -> None:
-        self._claimed: list[Path] = []  # run folders created by _claim_run_folder, deepest first
-        self._existing_times: tuple[Path, os.stat_result]  # the deepest folder that existed, and its times
+        self.run_folder: RunFolder | None = None  # a new run's, claimed before anything is built
         try:
             self._run_cli(args, extra_callbacks, record, **kwargs)
         finally:
-            self._release_unused_folder()
+            if self.run_folder is not None:
+                self.run_folder.release()
 
     def _run_cli(self, args: ArgsType, extra_callbacks: Sequence[Callback], record: bool, **kwargs: object) -> None:
         super().__init__(
@@ -217,8 +178,8 @@ class ProjCLI(LightningCLI):
         if self.config.get("subcommand"):
             config = self.config[self.config.subcommand]
             if config.get("ckpt_path") == "last":
-                config.ckpt_path = str(self._find_last(config))
-            if (path := self._checkpoint_file(config)) is not None:
+                config.ckpt_path = str(find_last_checkpoint(config))
+            if (path := checkpoint_file(config.get("ckpt_path"))) is not None:
                 self.checkpoint = read_checkpoint(path)
                 written_by = self.checkpoint.get("hyper_parameters", {}).get("_class_path")
                 asked_for, model_given = config.model.class_path, self._model_given(config)
@@ -250,45 +211,7 @@ class ProjCLI(LightningCLI):
                 f"--weights_from starts a fit from a checkpoint's weights; {self.subcommand} takes them from "
                 "--ckpt_path: pass one of them."
             )
-        self._claim_run_folder(config)
-
-    def _claim_run_folder(self, config: Namespace) -> None:
-        """A new run takes the next free version_N folder by creating it, which only one process can do: two runs
-        started together under one logger root get distinct folders (the logger's own choice, the highest
-        existing number plus one, races)."""
-        logger = config.trainer.get("logger")
-        init_args = logger.get("init_args") if isinstance(logger, Namespace) else None
-        root = self._logger_root(config)
-        if root is None or init_args is None or "version" not in init_args or init_args.version is not None:
-            return
-        if int(os.environ.get("LOCAL_RANK", 0)) or int(os.environ.get("NODE_RANK", 0)):
-            return  # a process launched for distributed training: rank 0 chose the folder and broadcasts it
-        missing = [folder for folder in (root, *root.parents) if not folder.exists()]
-        existing = (missing[-1] if missing else root / "version_").parent
-        self._existing_times = (existing, existing.stat())
-        root.mkdir(parents=True, exist_ok=True)
-        versions = version_dirs(root)
-        version = int(versions[-1].name.removeprefix("version_")) + 1 if versions else 0
-        while True:
-            try:
-                (root / f"version_{version}").mkdir()
-                break
-            except FileExistsError:
-                version += 1
-        init_args.version = version
-        self._claimed = [root / f"version_{version}", *missing]
-
-    def _release_unused_folder(self) -> None:
-        """A run stopped before writing anything leaves no trace: its empty folder goes (rmdir removes only empty
-        ones) and the folder holding it gets back its modification time."""
-        try:
-            for folder in self._claimed:
-                folder.rmdir()
-        except OSError:
-            return  # the run wrote into its folder: it stays
-        if self._claimed:
-            folder, times = self._existing_times
-            os.utime(folder, ns=(times.st_atime_ns, times.st_mtime_ns))
+        self.run_folder = RunFolder(config)
 
     @staticmethod
     def _drop_disabled_callbacks(trainer: Namespace) -> None:
@@ -307,8 +230,7 @@ class ProjCLI(LightningCLI):
         ]
 
     def _continue_run(self, config: Namespace) -> None:
-        """A fit resumed from a checkpoint of a run under the logger's folder continues in that run's folder
-        (whose config.yaml stays; run.yaml records the continuation)."""
+        """Which run this fit continues (recorded in run.yaml), or which weights it starts from."""
         if config.get("weights_from") is not None:
             if config.get("ckpt_path") is not None:
                 raise UserError(
@@ -316,41 +238,13 @@ class ProjCLI(LightningCLI):
                     "checkpoint's own run: pass one of them."
                 )
             self.save_config_kwargs["weights_from"] = str(config.weights_from)
-        if (ckpt_path := self._checkpoint_file(config)) is not None:
-            run = ckpt_path.resolve().parent.parent
-            if self._logger_root(config) == run.parent and run.name.startswith("version_"):
-                config.trainer.logger.init_args.version = int(run.name.removeprefix("version_"))
-                checkpoint = self.checkpoint or {}
-                self.save_config_kwargs["continues"] = {
-                    "path": str(ckpt_path),
-                    "epoch": checkpoint.get("epoch"),
-                    "global_step": checkpoint.get("global_step"),
-                }
-
-    @staticmethod
-    def _checkpoint_file(config: Namespace) -> Path | None:
-        return checkpoint_file(config.get("ckpt_path"))
-
-    @staticmethod
-    def _logger_root(config: Namespace) -> Path | None:
-        """logs/mnist for the default TensorBoardLogger (any logger with save_dir and name)."""
-        logger = config.trainer.get("logger")
-        init_args = logger.get("init_args") if isinstance(logger, Namespace) else None
-        if init_args is None or init_args.get("save_dir") is None:
-            return None
-        return (Path(init_args.save_dir) / (init_args.get("name") or "")).resolve()
-
-    def _find_last(self, config: Namespace) -> Path:
-        # A run's own config.yaml (`--config <run>/config.yaml`) points at that run; else the newest run.
-        for config_file in reversed(config.get("config") or []):
-            if (last := Path(str(config_file)).parent / "checkpoints" / "last.ckpt").is_file():
-                return last
-        if config.checkpoint.get("dirpath") and (last := Path(config.checkpoint.dirpath) / "last.ckpt").is_file():
-            return last
-        root = self._logger_root(config)
-        if root is None:
-            raise UserError("--ckpt_path last needs the logger's save_dir (or --checkpoint.dirpath) to look in.")
-        return find_last(root)
+        if continue_in_its_run(config):
+            checkpoint = self.checkpoint or {}
+            self.save_config_kwargs["continues"] = {
+                "path": str(config.ckpt_path),
+                "epoch": checkpoint.get("epoch"),
+                "global_step": checkpoint.get("global_step"),
+            }
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -360,7 +254,8 @@ class ProjCLI(LightningCLI):
 
     def _check_before_run(self) -> None:
         """Inputs that would fail only once the run has started (and written its folder) fail now."""
-        if self._claimed:  # the logger has its folder; a config.yaml naming it would send a rerun there too
+        if self.run_folder is not None and self.run_folder.created:
+            # The logger has its folder; a config.yaml naming it would send a rerun there too.
             self.config[self.subcommand].trainer.logger.init_args.version = None
         assert isinstance(self.datamodule, ImageDataModule)
         self.datamodule.check()

@@ -76,10 +76,16 @@ def summarize_parse_error(message: str, help_hint: str = HELP) -> str:
         if match := re.match(r"Expected a typing\.Literal\[(.+)\]\. Got value: (.+)", line):  # as argparse said it
             return f"argument --{key}: invalid choice: {match.group(2)!r} (choose from {match.group(1)})"
         if match := re.search(r"the following arguments are required: (.+)", line):
-            flags = ", ".join(f"--{name}" for name in match.group(1).split(", "))
+            flags = ", ".join("--" + ".".join(filter(None, (key, name))) for name in match.group(1).split(", "))
             return f"the following arguments are required: {flags}; {help_hint}."
         if match := re.search(r"File does not exist: '([^']+)'", line):
             return f"--{key} {match.group(1)}: no such file; check the path."
         if match := re.search(r"unrecognized arguments: (.+)", line):
             return f"unrecognized arguments {match.group(1)!r}: check their spelling; {help_hint}."
+    # A plain value for an optional setting (`int | None`...): the types it takes, and what was given.
+    subtypes = re.search(r"Subtypes: \[((?:<class '(?:int|float|str|bool|NoneType)'>(?:, )?)+)\]", message)
+    given = re.search(r"Given value: (.+)$", message)
+    if subtypes and given:
+        names = [name.replace("NoneType", "null") for name in re.findall(r"<class '(\w+)'>", subtypes.group(1))]
+        return f"--{key} expects {' or '.join(names)}, got {given.group(1)!r}."
     return f"{lines[0] if lines else message} ({help_hint})"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 import sys
 from collections.abc import Sequence
@@ -263,11 +262,9 @@ class ImageClassifier(LightningModule):
         Lightning knows the run's length (epochs x batches, after `limit_train_batches` and gradient
         accumulation), so a config need not hard-code it and survives a change of batch size or epochs.
         """
-        assert self.scheduler_callable is not None
-        parameters = inspect.signature(self.scheduler_callable).parameters  # a config's values are its defaults
-        if "total_steps" not in parameters or any(
-            parameters[name].default is not None for name in ("total_steps", "epochs") if name in parameters
-        ):
+        # Built from a config, the scheduler is a functools.partial whose keywords hold every argument.
+        arguments = getattr(self.scheduler_callable, "keywords", {})
+        if arguments.get("total_steps", 0) is not None or arguments.get("epochs") is not None:
             return {}
         if self._trainer is None:  # checked before the run: any length validates the other arguments
             return {"total_steps": 1}
