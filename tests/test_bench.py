@@ -9,6 +9,7 @@ import torch
 
 from conftest import MNIST_SHAPE
 from proj import bench
+from proj.commands import argparse_words, function_parser
 from proj.data.synthetic import write_synthetic_mnist
 from proj.models import CNNClassifier
 
@@ -92,11 +93,12 @@ def test_batch_table_rules_and_real_data(tmp_path):
 def test_flags_take_their_values_as_separate_words():
     """As the Makefile and the README give them: several words for a list, a switch without a value."""
     argv = ["--models", "cnn", "mlp", "--cache", "--batch_sizes", "32", "64", "--time_to_accuracy", "a.yaml", "b.yaml"]
-    config = bench.parser().parse_args(bench.jsonargparse_words(argv))
+    parser = function_parser(bench.run, "python -m proj.bench", None)
+    config = parser.parse_args(argparse_words(argv, bench.run))
     assert config.models == ["cnn", "mlp"] and config.batch_sizes == [32, 64] and config.cache is True
     assert config.time_to_accuracy == ["a.yaml", "b.yaml"]
     assert (config.epochs, config.output, config.growth) == (3, "bench.json", None)  # bench.run's defaults
-    assert bench.parser().parse_args(["--cache", "false"]).cache is False
+    assert parser.parse_args(["--cache", "false"]).cache is False
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import proj.commands
 import proj.tune
 from conftest import MODEL_CONFIGS, build_cli, tiny_run_args
 from proj.errors import UserError
@@ -141,5 +142,5 @@ def test_finder_flags_are_their_functions_parameters(monkeypatch):
     with pytest.raises(UserError, match="built"):
         proj.tune.run(["lr", *argv])
     assert built == [["--config", "c.yaml", "--data.batch_size", "8"]]
-    own, fit_args = proj.tune.split_flags(["--max_val=64", "--x", "1", "-h", "--mode"], ["max_val", "mode"])
+    own, fit_args = proj.commands.split_flags(["--max_val=64", "--x", "1", "-h", "--mode"], ["max_val", "mode"])
     assert (own, fit_args) == (["--max_val=64", "-h", "--mode"], ["--x", "1"])

@@ -36,7 +36,6 @@ clock).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import sys
@@ -45,22 +44,23 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from jsonargparse import ArgumentParser, DefaultHelpFormatter, Namespace
+from jsonargparse import Namespace
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 from torchvision.datasets import MNIST
 
 from proj.cli import ProjCLI, build
+from proj.commands import run_command
 from proj.data import MNISTDataModule
 from proj.data.mnist import MEAN, SPLIT_FILES, STD
 from proj.data.synthetic import write_synthetic_mnist
-from proj.errors import UserError, exit_on_user_error
+from proj.errors import UserError
 from proj.models import ImageClassifier
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -445,7 +445,6 @@ def growth_report(base: int, model: str = "mlp", scales: tuple[int, ...] = (1, 2
     both pipelines: time should grow linearly for both; memory linearly for the resident pipeline, which holds
     the split as one tensor on the device (torchvision's MNIST reader holds the decoded files too)."""
     import subprocess
-    import sys
 
     def measure(data_dir: str, pipeline: str) -> dict[str, Any]:
         # A process of its own (not a multiprocessing pool's: those may not start DataLoader workers).
@@ -587,39 +586,9 @@ def run(
     return report
 
 
-def jsonargparse_words(argv: Sequence[str]) -> list[str]:
-    """The command line as argparse took it, in the words jsonargparse takes: a bool flag without a value is true
-    (`--cache` -> `--cache=true`), a list flag's values are one word (`--models mlp cnn` -> `--models=["mlp",
-    "cnn"]`; jsonargparse's own `--models [mlp,cnn]` and `--models+ cnn` stay as they are)."""
-    hints = {f"--{name}": hint for name, hint in get_type_hints(run).items()}
-    lists = {flag for flag, hint in hints.items() if any(get_origin(h) is Sequence for h in (hint, *get_args(hint)))}
-    groups: list[list[str]] = []
-    for word, following in zip(argv, [*argv[1:], "-"], strict=True):
-        if hints.get(word) is bool and following.startswith("-"):
-            groups.append([f"{word}=true"])
-        elif groups and groups[-1][0] in lists and not word.startswith(("-", "[")):
-            groups[-1].append(word)
-        else:
-            groups.append([word])
-    return [f"{flag}={json.dumps(values)}" if values else flag for flag, *values in groups]
-
-
-class RawDescription(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """jsonargparse's help (types and defaults), below the module's docstring as it is written."""
-
-
-def parser() -> ArgumentParser:
-    """The flags of `run`, their defaults and help from its signature and docstring."""
-    parser = ArgumentParser(description=__doc__, formatter_class=RawDescription, exit_on_error=False)
-    parser.add_function_arguments(run, as_group=False)
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """`python -m proj.bench`: a bad flag or value is one `error: ...` line and exit status 2, as in proj's CLI."""
-    with exit_on_user_error():
-        config = parser().parse_args(jsonargparse_words(sys.argv[1:] if argv is None else argv))
-        return run(**config.as_dict())
+    return run_command(run, argv, "python -m proj.bench", __doc__)
 
 
 if __name__ == "__main__":

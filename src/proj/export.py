@@ -26,11 +26,12 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from proj.commands import run_command
 from proj.data.images import resolve_preprocess
 from proj.errors import UserError
 from proj.models import ImageClassifier
 from proj.outputs import atomic_output, check_output
-from proj.predict import data_description, load_checkpoint, run_command
+from proj.predict import data_description, load_checkpoint
 
 Format = Literal["onnx", "torchscript"]
 INPUT, OUTPUT = "images", "logits"

@@ -16,20 +16,18 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
-from argparse import RawDescriptionHelpFormatter
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from jsonargparse import ArgumentParser, DefaultHelpFormatter
 from torch import nn
 
 from proj.checkpoints import load_classifier
+from proj.commands import run_command
 from proj.data import CIFAR10DataModule, FashionMNISTDataModule, ImageDataModule, MNISTDataModule
 from proj.data.images import SUFFIXES, Preprocess, image_files, prepare, resolve_preprocess
-from proj.errors import UserError, exit_on_user_error
+from proj.errors import UserError
 from proj.models import ImageClassifier
 from proj.outputs import atomic_output, check_output
 
@@ -264,39 +262,6 @@ def run(
     errors = sum(1 for row in rows if row["error"])
     note = " (see the error column)" if errors else ""
     print(f"{len(rows)} files, {errors} errors{note}: predictions written to {csv_path}")
-
-
-class HelpFormatter(DefaultHelpFormatter, RawDescriptionHelpFormatter):
-    """jsonargparse's help (each flag's type and default) under the description as written."""
-
-
-def list_flags(args: Sequence[str], lists: Collection[str]) -> list[str]:
-    """`--input a.png b/` (argparse's nargs="+") and `--model X --model Y` in jsonargparse's words: it reads a list
-    flag as one list (`--input "[a.png, b/]"`), to which `--input+ c.png` appends."""
-    words: list[str] = []
-    taking = None  # the list flag that the words up to the next flag go to
-    for word in args:
-        flag, equals, value = word.partition("=")
-        if flag in lists:
-            words.append(f"{flag}+{equals}{value}")
-            taking = None if equals else flag
-        elif taking and not word.startswith("-"):
-            words += [word] if words[-1] == f"{taking}+" else [f"{taking}+", word]
-        else:
-            taking = None
-            words.append(word)
-    return words
-
-
-def run_command(function: Callable[..., None], args: Sequence[str] | None, prog: str, description: str) -> None:
-    """Run `function` with its parameters read from the command line `args` (default: sys.argv): each is a flag,
-    with the signature's default and the docstring's help. A problem the user can fix exits with one line and 2."""
-    parser = ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter, exit_on_error=False)
-    parser.add_function_arguments(function, as_group=False)
-    lists = [flag.removesuffix("+") for flag in parser._option_string_actions if flag.endswith("+")]
-    with exit_on_user_error(f"`{prog} --help` lists every flag"):
-        options = parser.parse_args(list_flags(sys.argv[1:] if args is None else args, lists))
-        function(**options.as_dict())
 
 
 def main(args: Sequence[str] | None = None) -> None:

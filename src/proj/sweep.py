@@ -38,11 +38,11 @@ from optuna_integration import PyTorchLightningPruningCallback
 
 from proj.callbacks import HParamsMetrics
 from proj.cli import ProjCLI, build, expand_short_names
+from proj.commands import function_parser, parse, split_flags
 from proj.errors import UserError, exit_on_user_error, summarize_parse_error
 from proj.models.base import NonFiniteLossError
 from proj.outputs import atomic_output
 from proj.search_space import Override, SearchSpace, cli_args
-from proj.tune import parse, split_flags
 
 SAMPLERS = ("grid", "random", "tpe")
 PRUNERS = ("median", "none")
@@ -456,15 +456,14 @@ def run(
 
 def argument_parser() -> ArgumentParser:
     """The flags of `run`, all but fit_args: defaults and help come from its signature and docstring."""
-    parser = ArgumentParser(
-        prog="python -m proj.sweep",
+    return function_parser(
+        run,
+        "python -m proj.sweep",
+        __doc__.split("\n\n", 2)[2] if __doc__ else None,
+        skip={"fit_args"},
         usage="%(prog)s --space FILE [options] [--config FILE] [fit flags]",
-        description=__doc__.split("\n\n", 2)[2] if __doc__ else None,
         epilog="Any other flag (--config FILE, --data.data_dir DIR, --trainer.*...) goes to every trial's fit.",
-        exit_on_error=False,
     )
-    parser.add_function_arguments(run, skip={"fit_args"}, as_group=False)
-    return parser
 
 
 def main(args: Sequence[str] | None = None) -> None:

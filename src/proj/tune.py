@@ -17,15 +17,13 @@ import inspect
 import math
 import sys
 import time
-from argparse import ArgumentError
-from collections.abc import Callable, Iterable, Sequence
-from itertools import islice
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 import torch
-from jsonargparse import ArgumentParser, Namespace
+from jsonargparse import ArgumentParser
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.tuner import Tuner
@@ -33,7 +31,8 @@ from matplotlib.figure import Figure
 
 import proj.cli
 from proj.cli import ProjCLI
-from proj.errors import UserError, exit_on_user_error, summarize_parse_error
+from proj.commands import function_parser, parse, split_flags
+from proj.errors import UserError, exit_on_user_error
 
 # What a finder's fit does differently from proj.fit's. No logger: the tuner's teardown would flush it, leaving a run
 # folder with nothing in it. The finder's own step count ends it, not the config's epochs; finite all the same, so
@@ -284,36 +283,9 @@ def argument_parser() -> ArgumentParser:
     )
     subcommands = parser.add_subcommands(dest="finder")
     for name, finder in FINDERS.items():
-        subparser = ArgumentParser(exit_on_error=False)
-        subparser.add_function_arguments(finder, skip={"cli"}, as_group=False)
+        subparser = function_parser(finder, None, None, skip={"cli"})
         subcommands.add_subcommand(name, subparser, help=(inspect.getdoc(finder) or "").partition("\n")[0])
     return parser
-
-
-def split_flags(argv: Sequence[str], names: Iterable[str]) -> tuple[list[str], list[str]]:
-    """A tool's own flags in argv (`--NAME VALUE` or `--NAME=VALUE` for each NAME of `names`, and --help), and the
-    rest, the flags of the fit: what argparse's parse_known_args did, which jsonargparse has no equivalent of."""
-    flags = {f"--{name}" for name in names}
-    own: list[str] = []
-    rest: list[str] = []
-    args = iter(argv)
-    for arg in args:
-        flag, equals, _ = arg.partition("=")
-        if arg in ("-h", "--help"):
-            own.append(arg)
-        elif flag in flags:
-            own += [arg, *islice(args, 0 if equals else 1)]
-        else:
-            rest.append(arg)
-    return own, rest
-
-
-def parse(parser: ArgumentParser, argv: list[str]) -> Namespace:
-    """The tool's own flags; an error is one line, as the main CLI's, naming the tool's --help (not proj fit's)."""
-    try:
-        return parser.parse_args(argv)
-    except ArgumentError as err:
-        raise UserError(summarize_parse_error(str(err), f"`{parser.prog} --help` lists every flag")) from err
 
 
 def run(argv: Sequence[str]) -> None:
