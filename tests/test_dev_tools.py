@@ -50,3 +50,16 @@ def test_pre_commit_hooks_run_offline_and_pass_on_the_repository(tmp_path):
     for hook in ("ruff check", "ruff format", "notebooks stored without outputs"):
         assert re.search(rf"^{hook}\.+Passed$", done.stdout, flags=re.MULTILINE), done.stdout
     assert not (home / "repos").exists() and not list(home.glob("repo*"))  # no hook repository was fetched
+
+
+def test_readme_layout_names_every_module():
+    """The README's layout is where a newcomer looks first: every module of src/proj is in it."""
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("src/proj/\n")
+    named = set(re.findall(r"\w+\.py", readme[start : readme.index("configs/ ", start)]))
+    modules = {
+        path.name
+        for path in (ROOT / "src" / "proj").rglob("*.py")
+        if path.name != "__init__.py" and path.parent.name != "callbacks"  # listed together under callbacks/
+    }
+    assert modules - named == set()
