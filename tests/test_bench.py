@@ -90,6 +90,13 @@ def test_batch_table_rules_and_real_data(tmp_path):
     assert exit.value.code == 2
 
 
+def test_batch_table_scales_the_rate_the_config_trains_with():
+    """configs/cnn.yaml's OneCycleLR sets the rate from its max_lr: scaling the optimizer's lr would change nothing."""
+    cnn, mlp = (bench.configured(str(bench.CONFIGS / f"{name}.yaml")).config for name in ("cnn", "mlp"))
+    assert bench.learning_rate(cnn) == ("--model.scheduler.init_args.max_lr", 0.1)
+    assert bench.learning_rate(mlp) == ("--model.optimizer.init_args.lr", mlp.model.init_args.optimizer.init_args.lr)
+
+
 def test_flags_take_their_values_as_separate_words():
     """As the Makefile and the README give them: several words for a list, a switch without a value."""
     argv = ["--models", "cnn", "mlp", "--cache", "--batch_sizes", "32", "64", "--time_to_accuracy", "a.yaml", "b.yaml"]

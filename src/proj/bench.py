@@ -325,13 +325,23 @@ LR_RULES: dict[str, Callable[[float], float]] = {
 }
 
 
+def learning_rate(config: Namespace) -> tuple[str, float]:
+    """The flag that sets a config's learning rate, and its value: a one-cycle schedule's own max_lr
+    (configs/cnn.yaml), which overrides the optimizer's, else the optimizer's lr."""
+    model = config.model.init_args
+    scheduler = model.get("scheduler")
+    if scheduler is not None and "max_lr" in scheduler.get("init_args", {}):
+        return "--model.scheduler.init_args.max_lr", float(scheduler.init_args.max_lr)
+    return "--model.optimizer.init_args.lr", float(model.optimizer.init_args.lr)
+
+
 def batch_table(config: str, data_dir: str, batch_sizes: Sequence[int]) -> dict[str, Any]:
     """The config trained at each batch size with its learning rate unchanged, scaled linearly with the batch,
     or by its square root (from the config's own batch size and rate): seconds per epoch, training seconds to
     98% test accuracy, final accuracy. One run where the rules agree (the config's own batch size)."""
     base = configured(config)
     base_batch = int(base.datamodule.hparams["batch_size"])
-    base_lr = float(base.config.model.init_args.optimizer.init_args.lr)
+    lr_flag, base_lr = learning_rate(base.config)
     results: dict[str, Any] = {}
     print(f"\n{'batch':>6}{'rule':>8}{'lr':>10}{'s/epoch':>9}{'to 98%':>9}{'final':>9}")
     with tempfile.TemporaryDirectory() as logs:
@@ -340,7 +350,7 @@ def batch_table(config: str, data_dir: str, batch_sizes: Sequence[int]) -> dict[
             for rule, scale in LR_RULES.items():
                 lr = base_lr * scale(batch_size / base_batch)
                 if lr not in done:
-                    flags = ["--data.batch_size", str(batch_size), "--model.optimizer.init_args.lr", str(lr)]
+                    flags = ["--data.batch_size", str(batch_size), lr_flag, str(lr)]
                     curve = curve_proj(config, data_dir, logs, *flags, "--trainer.enable_progress_bar", "false")
                     done[lr] = {
                         "lr": lr,

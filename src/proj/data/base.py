@@ -301,14 +301,16 @@ class ImageDataModule(LightningDataModule):
         if fit:
             images, labels = splits["train"]
             if "val" in splits:
-                self.val_set = tuple(tensor.to(device) for tensor in splits["val"])  # type: ignore[assignment]
+                val_images, val_labels = splits["val"]
+                self.val_set = (val_images.to(device), val_labels.to(device))
             else:
                 train, val = self.split_indices(len(images))
                 self.val_set = (images[val].to(device), labels[val].to(device))
                 images, labels = images[train], labels[train]
             self.train_set = (images.to(device), labels.to(device))
         if test and "test" in splits:
-            self.test_set = tuple(tensor.to(device) for tensor in splits["test"])  # type: ignore[assignment]
+            test_images, test_labels = splits["test"]
+            self.test_set = (test_images.to(device), test_labels.to(device))
 
     def _setup_streaming(self, fit: bool, test: bool) -> None:
         if fit:
