@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
@@ -117,11 +117,20 @@ class ImageClassifier(LightningModule):
         l1 = ("train/l1",) if self.train_l1 is not None else ()
         return ("train/loss", "train/acc", *l1, "val/loss", "val/acc", "val/acc_best", "val/f1_macro")
 
+    @property
+    def attached_trainer(self) -> Trainer | None:
+        """The Trainer running this model, or None for a model built or loaded outside a run (whose `trainer`
+        property raises)."""
+        try:
+            return self.trainer
+        except RuntimeError:
+            return None
+
     def data_fact(self, key: str) -> Any:
         """What the data says of itself under `key` ("class_names", "mean", "std"...): the running Trainer's data
         module first, else the description the model was trained with (kept in its checkpoint); None if neither
         says."""
-        value = getattr(getattr(self._trainer, "datamodule", None), key, None)
+        value = getattr(getattr(self.attached_trainer, "datamodule", None), key, None)
         if value is None and self.data_description:
             value = self.data_description.get(key)
         return value
@@ -266,7 +275,7 @@ class ImageClassifier(LightningModule):
         arguments = getattr(self.scheduler_callable, "keywords", {})
         if arguments.get("total_steps", 0) is not None or arguments.get("epochs") is not None:
             return {}
-        if self._trainer is None:  # checked before the run: any length validates the other arguments
+        if self.attached_trainer is None:  # checked before the run: any length validates the other arguments
             return {"total_steps": 1}
         steps = self.schedule_length()
         if not steps < math.inf:
@@ -291,12 +300,12 @@ class ImageClassifier(LightningModule):
         for key in [key for key, value in hparams.items() if callable(value)]:
             del hparams[key]
         # What the data was (class names, normalisation...): predict and export prepare inputs from it.
-        datamodule = getattr(self._trainer, "datamodule", None)  # a dynamic attribute of the Trainer
+        datamodule = getattr(self.attached_trainer, "datamodule", None)  # a dynamic attribute of the Trainer
         if (describe := getattr(datamodule, "description", None)) is not None:
             self.data_description = describe()
         if self.data_description is not None:
             checkpoint[DATA_KEY] = self.data_description
-        fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        fitting = self.attached_trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
         if fitting and (length := self.schedule_length()) < math.inf:
             # What a continuation compares its own length with (proj.continuation).
             trainer = self.trainer
