@@ -14,7 +14,7 @@ class HParamsMetrics(Callback):
     """Declares which metrics the HPARAMS tab lists; TensorBoard shows the last value logged under each.
 
     `TensorBoardLogger.log_hyperparams(params, metrics)` would also write the metrics as scalars at step 0,
-    a fake first point in every curve; writing the summaries directly declares the columns only.
+    a fake first point in every curve (Lightning #4030); writing the summaries directly declares the columns only.
     """
 
     def __init__(self, metrics: tuple[str, ...] = ("val/acc_best", "val/loss", "test/acc", "test/loss")) -> None:
