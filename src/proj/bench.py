@@ -62,6 +62,7 @@ from proj.data.mnist import MEAN, SPLIT_FILES, STD
 from proj.data.synthetic import write_synthetic_mnist
 from proj.errors import UserError
 from proj.models import ImageClassifier
+from proj.schedulers import spans_the_run
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 Model = Literal["mlp", "cnn"]
@@ -122,7 +123,7 @@ def whole_run_steps(cli: ProjCLI, batches: int) -> int | None:
     model = cli.config.model.init_args
     scheduler = model.get("scheduler")
     arguments = scheduler.get("init_args") if isinstance(scheduler, Namespace) else None
-    if arguments is None or arguments.get("total_steps", 0) is not None or arguments.get("epochs") is not None:
+    if arguments is None or not spans_the_run(arguments.as_dict()):
         return None
     epochs = cli.trainer.max_epochs or 1
     return epochs * batches if model.scheduler_interval == "step" else epochs

@@ -6,7 +6,8 @@ defined here, is chosen with `--model.scheduler NAME`. Add a schedule as a class
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
@@ -30,6 +31,12 @@ class WarmupDecay(LambdaLR):
         if step < self.warmup:
             return (step + 1) / self.warmup
         return float(self.gamma ** (step + 1 - self.warmup))
+
+
+def spans_the_run(arguments: Mapping[str, Any]) -> bool:
+    """Whether a scheduler given these arguments needs the run's length: OneCycleLR without `total_steps` or
+    `epochs` (a scheduler without a `total_steps` argument never does)."""
+    return arguments.get("total_steps", 0) is None and arguments.get("epochs") is None
 
 
 SchedulerCallable = Callable[[Optimizer], LRScheduler]  # ReduceLROnPlateau is an LRScheduler too

@@ -17,7 +17,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from proj.errors import UserError
-from proj.schedulers import SchedulerCallable
+from proj.schedulers import SchedulerCallable, spans_the_run
 
 STAGES = ("train", "val", "test")
 DATA_KEY = "data"  # the checkpoint entry describing the data a model was trained on (ImageDataModule.description)
@@ -272,8 +272,7 @@ class ImageClassifier(LightningModule):
         accumulation), so a config need not hard-code it and survives a change of batch size or epochs.
         """
         # Built from a config, the scheduler is a functools.partial whose keywords hold every argument.
-        arguments = getattr(self.scheduler_callable, "keywords", {})
-        if arguments.get("total_steps", 0) is not None or arguments.get("epochs") is not None:
+        if not spans_the_run(getattr(self.scheduler_callable, "keywords", {})):
             return {}
         if self.attached_trainer is None:  # checked before the run: any length validates the other arguments
             return {"total_steps": 1}
