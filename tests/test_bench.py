@@ -92,9 +92,10 @@ def test_batch_table_rules_and_real_data(tmp_path):
 
 def test_batch_table_scales_the_rate_the_config_trains_with():
     """configs/cnn.yaml's OneCycleLR sets the rate from its max_lr: scaling the optimizer's lr would change nothing."""
-    cnn, mlp = (bench.configured(str(bench.CONFIGS / f"{name}.yaml")).config for name in ("cnn", "mlp"))
+    cnn, mlp = (bench.configured(str(bench.CONFIGS / f"{name}.yaml")) for name in ("cnn", "mlp"))
     assert bench.learning_rate(cnn) == ("--model.scheduler.init_args.max_lr", 0.1)
-    assert bench.learning_rate(mlp) == ("--model.optimizer.init_args.lr", mlp.model.init_args.optimizer.init_args.lr)
+    lr = mlp.config.model.init_args.optimizer.init_args.lr
+    assert bench.learning_rate(mlp) == ("--model.optimizer.init_args.lr", lr)
 
 
 def test_flags_take_their_values_as_separate_words():

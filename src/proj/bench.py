@@ -63,6 +63,7 @@ from proj.data.synthetic import write_synthetic_mnist
 from proj.errors import UserError
 from proj.models import ImageClassifier
 from proj.schedulers import spans_the_run
+from proj.tune import optimizer_lr_flag
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 Model = Literal["mlp", "cnn"]
@@ -326,14 +327,11 @@ LR_RULES: dict[str, Callable[[float], float]] = {
 }
 
 
-def learning_rate(config: Namespace) -> tuple[str, float]:
-    """The flag that sets a config's learning rate, and its value: a one-cycle schedule's own max_lr
-    (configs/cnn.yaml), which overrides the optimizer's, else the optimizer's lr."""
-    model = config.model.init_args
-    scheduler = model.get("scheduler")
-    if scheduler is not None and "max_lr" in scheduler.get("init_args", {}):
-        return "--model.scheduler.init_args.max_lr", float(scheduler.init_args.max_lr)
-    return "--model.optimizer.init_args.lr", float(model.optimizer.init_args.lr)
+def learning_rate(cli: ProjCLI) -> tuple[str, float]:
+    """The flag that sets a config's learning rate (proj.tune's choice: a one-cycle schedule's own max_lr, which
+    overrides the optimizer's), and its value."""
+    flag = optimizer_lr_flag(cli)
+    return flag, float(cli.config[flag.removeprefix("--")])
 
 
 def batch_table(config: str, data_dir: str, batch_sizes: Sequence[int]) -> dict[str, Any]:
@@ -342,7 +340,7 @@ def batch_table(config: str, data_dir: str, batch_sizes: Sequence[int]) -> dict[
     98% test accuracy, final accuracy. One run where the rules agree (the config's own batch size)."""
     base = configured(config)
     base_batch = int(base.datamodule.hparams["batch_size"])
-    lr_flag, base_lr = learning_rate(base.config)
+    lr_flag, base_lr = learning_rate(base)
     results: dict[str, Any] = {}
     print(f"\n{'batch':>6}{'rule':>8}{'lr':>10}{'s/epoch':>9}{'to 98%':>9}{'final':>9}")
     with tempfile.TemporaryDirectory() as logs:
