@@ -331,7 +331,7 @@ def learning_rate(cli: ProjCLI) -> tuple[str, float]:
     """The flag that sets a config's learning rate (proj.tune's choice: a one-cycle schedule's own max_lr, which
     overrides the optimizer's), and its value."""
     flag = optimizer_lr_flag(cli)
-    return flag, float(cli.config[flag.removeprefix("--")])
+    return flag, float(cli.config["model.init_args." + flag.removeprefix("--model.")])  # the model's own arguments
 
 
 def batch_table(config: str, data_dir: str, batch_sizes: Sequence[int]) -> dict[str, Any]:
