@@ -18,11 +18,11 @@ HELP = "`python -m proj fit --help` lists every key"
 
 
 @contextmanager
-def exit_on_user_error(help_hint: str = HELP) -> Iterator[None]:
+def exit_on_user_error() -> Iterator[None]:
     """Every entry point's ending for input the user can fix: `error: ...` on stderr, exit status 2.
 
-    jsonargparse reports a bad flag or config key as an ArgumentError tens of lines long: shortened to one,
-    ending with `help_hint` where the command's --help is the fix.
+    jsonargparse reports a bad flag or config key as an ArgumentError tens of lines long: shortened to one (the
+    tools name their own --help: proj.commands.parse).
     Lightning reports bad Trainer settings as MisconfigurationException; a GPU asked for where torch sees
     none gets the fix appended.
     """
@@ -34,7 +34,7 @@ def exit_on_user_error(help_hint: str = HELP) -> Iterator[None]:
         print(f"error: {cause}", file=sys.stderr)
         sys.exit(2)
     except (UserError, MisconfigurationException, ArgumentError) as err:
-        message = summarize_parse_error(str(err), help_hint) if isinstance(err, ArgumentError) else str(err)
+        message = summarize_parse_error(str(err)) if isinstance(err, ArgumentError) else str(err)
         asks_for_gpu = isinstance(err, MisconfigurationException) and re.search("gpu|cuda", message, re.I)
         if asks_for_gpu and not torch.cuda.is_available():
             message += " This machine has no GPU torch can use: run with --trainer.accelerator cpu (or auto)."
