@@ -409,8 +409,11 @@ def test_fit_logs_the_l1_penalty_before_the_step():
 def test_compile_flag_compiles_in_place_and_checkpoints_load_uncompiled(mnist_dir, tmp_path):
     """`--model.compile true` runs the network through torch.compile (nn.Module.compile: in place), so the
     checkpoint's tensors keep their names and load into a model built without the flag."""
+    from torch._dynamo.utils import counters
+
     from proj.checkpoints import load_classifier
 
+    counters.clear()
     run_fit(
         mnist_dir,
         tmp_path / "logs",
@@ -425,6 +428,7 @@ def test_compile_flag_compiles_in_place_and_checkpoints_load_uncompiled(mnist_di
         "--test_after_fit",
         "false",
     )
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo captured the network: the flag compiled it
     path = tmp_path / "logs" / "mnist" / "version_0" / "checkpoints" / "last.ckpt"
     saved = torch.load(path, weights_only=True)
     assert saved["hyper_parameters"]["compile"] is True
