@@ -292,24 +292,25 @@ def test_resume_at_another_epoch_is_ignored():
     assert len(list(resumed)) == 8
 
 
-def test_datamodule_checkpoints_the_train_position(mnist_dir):
+@pytest.mark.parametrize("pipeline", ["resident", "torchvision"])
+def test_datamodule_checkpoints_the_train_position(mnist_dir, pipeline):
     """state_dict() is what Lightning saves in a checkpoint, load_state_dict() what it hands back on resume."""
-    data = datamodule(mnist_dir)
+    assert datamodule(mnist_dir, pipeline=pipeline).state_dict() == {}  # no training loader yet
+    data = datamodule(mnist_dir, pipeline=pipeline)
     data.setup("fit")
     train = data.train_dataloader()
-    train.set_epoch(1)
+    train.sampler.set_epoch(1)
     batches = iter(train)
     for _ in range(4):
         next(batches)
     state = data.state_dict()
     assert state == {"epoch": 1, "batches": 4}
-    fresh = datamodule(mnist_dir)
+    fresh = datamodule(mnist_dir, pipeline=pipeline)
     fresh.load_state_dict(state)
     fresh.setup("fit")
     rest = fresh.train_dataloader()
-    rest.set_epoch(1)
+    rest.sampler.set_epoch(1)  # what Lightning calls
     assert len(list(rest)) == len(train) - 4
-    assert datamodule(mnist_dir, pipeline="torchvision").state_dict() == {}  # its DataLoader cannot resume
 
 
 @pytest.mark.parametrize("count", [7, 11])
@@ -714,30 +715,33 @@ def test_ddp_ranks_get_disjoint_covering_shards(mnist_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_from_checkpoint_continues_exactly(mnist_dir, tmp_path):
-    """Two epochs in one go equal one epoch, a checkpoint, and a resumed second epoch: the resident loader
-    draws epoch 1's order from (seed, epoch), so a new process would see the same batches."""
-    from lightning.pytorch import seed_everything
+@pytest.mark.parametrize("pipeline", ["resident", "torchvision"])
+def test_resume_from_checkpoint_continues_exactly(mnist_dir, tmp_path, pipeline):
+    """Two epochs in one go equal one epoch, a checkpoint, and a resumed second epoch, bit for bit, with dropout
+    and augmentation drawing: epoch 1's order and augmentation come from (seed, epoch), and the checkpoint's RNG
+    state (RNGState) gives dropout its stream back. The resumed fit is seeded otherwise, so nothing but the
+    checkpoint can make it equal."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from conftest import datamodule, quick_trainer
-    from proj.models import MLPClassifier
+    from proj.callbacks.rng_state import RNGState
 
-    def fit(max_epochs: int, ckpt_path: str | None = None, checkpoint_dir: Path | None = None) -> MLPClassifier:
-        seed_everything(7)
-        model = MLPClassifier(**MNIST_SHAPE, hidden_sizes=(32,), dropout=0.0)
-        callbacks = [ModelCheckpoint(dirpath=checkpoint_dir, save_last=True)] if checkpoint_dir else []
+    def fit(seed: int, max_epochs: int, ckpt_path: str | None = None, checkpoint_dir: Path | None = None):
+        seed_everything(seed, verbose=False)
+        model = MLPClassifier(**MNIST_SHAPE, hidden_sizes=(32,), dropout=0.3)
+        callbacks: list[Callback] = [RNGState()]
+        if checkpoint_dir:
+            callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, save_last=True))
         trainer = quick_trainer(
-            max_epochs=max_epochs,
-            limit_train_batches=None,
-            enable_checkpointing=bool(checkpoint_dir),
-            callbacks=callbacks,
+            max_epochs=max_epochs, limit_train_batches=6, enable_checkpointing=bool(checkpoint_dir), callbacks=callbacks
         )
-        trainer.fit(model, datamodule=datamodule(mnist_dir), ckpt_path=ckpt_path)
+        data = datamodule(mnist_dir, pipeline=pipeline, augment=True)
+        trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
         return model
 
-    straight = fit(2)
-    fit(1, checkpoint_dir=tmp_path / "ckpt")
-    resumed = fit(2, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    straight = fit(7, 2)
+    fit(7, 1, checkpoint_dir=tmp_path / "ckpt")
+    resumed = fit(8, 2, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    other = fit(8, 2)
     for (name, expected), actual in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
-        torch.testing.assert_close(actual, expected, msg=name)
+        assert torch.equal(actual, expected), name
+    assert not torch.equal(other.net[1].weight, straight.net[1].weight)  # the seed matters: equality is no accident

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import v2
 
 from proj.data.resident import ResidentLoader
+from proj.data.streaming import EpochLoader
 from proj.errors import UserError
 from proj.outputs import atomic_write
 
@@ -110,7 +111,7 @@ class ImageDataModule(LightningDataModule):
         self.train_set: Dataset | TensorSplit | None = None
         self.val_set: Dataset | TensorSplit | None = None
         self.test_set: Dataset | TensorSplit | None = None
-        self._train_loader: DataLoader | ResidentLoader | None = None
+        self._train_loader: EpochLoader | ResidentLoader | None = None
         self._resume_at: dict[int, int] = {}  # from a checkpoint: {epoch: batches already trained}
         self._resident: bool | None = None  # the pipeline chosen, once decided
 
@@ -331,6 +332,10 @@ class ImageDataModule(LightningDataModule):
     ) -> DataLoader | ResidentLoader:
         if split is None:
             raise RuntimeError("call setup() with the matching stage before asking for its loader")
+        shard = {"rank": 0, "world_size": 1}  # this process's part of the data under DDP: all of it otherwise
+        if self.trainer is not None:
+            shard = {"rank": self.trainer.global_rank, "world_size": self.trainer.world_size}
+        seed = torch.initial_seed()  # follows seed_everything
         if isinstance(split, tuple):
             images, targets = split
             return ResidentLoader(
@@ -341,32 +346,32 @@ class ImageDataModule(LightningDataModule):
                 std=self.std,
                 shuffle=train,
                 augment=self.augmentation if train else None,
-                seed=torch.initial_seed(),  # follows seed_everything
-                rank=self.trainer.global_rank if self.trainer is not None else 0,
-                world_size=self.trainer.world_size if self.trainer is not None else 1,
+                seed=seed,
+                **shard,
             )
-        return DataLoader(
-            split if labels else ImagesOnly(split),
-            batch_size=self.batch_size,
-            shuffle=train,
-            num_workers=self.hparams["num_workers"],
-            pin_memory=self.hparams["pin_memory"],
-            persistent_workers=self.hparams["persistent_workers"],
-        )
+        workers = {
+            "num_workers": self.hparams["num_workers"],
+            "pin_memory": self.hparams["pin_memory"],
+            "persistent_workers": self.hparams["persistent_workers"],
+        }
+        if train:
+            return EpochLoader(split, self.batch_size, seed, **shard, **workers)
+        return DataLoader(split if labels else ImagesOnly(split), batch_size=self.batch_size, **workers)
 
-    def train_dataloader(self) -> DataLoader | ResidentLoader:
-        self._train_loader = self._loader(self.train_set, train=True)
-        if isinstance(self._train_loader, ResidentLoader):
-            self._train_loader.resume_at, self._resume_at = self._resume_at, {}
-        return self._train_loader
+    def train_dataloader(self) -> EpochLoader | ResidentLoader:
+        loader = self._loader(self.train_set, train=True)
+        assert isinstance(loader, EpochLoader | ResidentLoader)
+        loader.resume_at, self._resume_at = self._resume_at, {}
+        self._train_loader = loader
+        return loader
 
     def state_dict(self) -> dict[str, int]:
-        """Where the training epoch stands, saved in every checkpoint (resident pipeline).
+        """Where the training epoch stands, saved in every checkpoint.
 
         A fit resumed from a mid-epoch checkpoint (SIGTERM) then goes on with the batches that epoch had not
         trained on, as an uninterrupted run would; Lightning alone would replay the epoch from its start.
         """
-        if not isinstance(self._train_loader, ResidentLoader):
+        if self._train_loader is None:
             return {}
         return {"epoch": self._train_loader.epoch, "batches": self._train_loader.position}
 
@@ -376,7 +381,7 @@ class ImageDataModule(LightningDataModule):
         # Lightning warns that a mid-epoch resume replays batches unless the *loader* is stateful; ours resumes.
         warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before the epoch ended")
         self._resume_at = {state_dict["epoch"]: state_dict["batches"]}
-        if isinstance(self._train_loader, ResidentLoader):  # built before the restore (some strategies)
+        if self._train_loader is not None:  # built before the restore (some strategies)
             self._train_loader.resume_at = self._resume_at
 
     def val_dataloader(self) -> DataLoader | ResidentLoader:

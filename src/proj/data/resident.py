@@ -53,6 +53,12 @@ def random_affine(
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def stream_seed(seed: int, epoch: int, rank: int, batch: int) -> int:
+    """The seed of a batch's random draws, a function of (seed, epoch, rank, batch number) alone; < 2**63, as
+    manual_seed takes. Rank -1 is the stream all ranks share."""
+    return (((seed * 1_000_003 + epoch) * 1_009 + rank + 1) * 1_000_003 + batch) % 2**63
+
+
 class ResidentLoader:
     """An iterable of normalised (images, labels) batches, or images alone when `labels` is None.
 
@@ -95,8 +101,7 @@ class ResidentLoader:
 
     def _generator(self, device: torch.device | str, rank: int, batch: int = 0) -> torch.Generator:
         """A reproducible stream per (seed, epoch, rank, batch); rank -1 is the one all ranks share."""
-        seed = (((self.seed * 1_000_003 + self.epoch) * 1_009 + rank + 1) * 1_000_003 + batch) % 2**63
-        return torch.Generator(device=device).manual_seed(seed)  # manual_seed takes < 2**63
+        return torch.Generator(device=device).manual_seed(stream_seed(self.seed, self.epoch, rank, batch))
 
     def indices(self) -> Tensor:
         """This rank's sample indices for the current epoch, in order."""
