@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -120,6 +121,22 @@ def user_error(capsys: pytest.CaptureFixture[str], main: Callable[[list[str]], N
     err = capsys.readouterr().err
     assert "Traceback" not in err
     return err
+
+
+@pytest.fixture
+def lightning_info(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """Lightning's info lines (rank_zero_info): its logger does not propagate to the root logger caplog listens on."""
+    logger = logging.getLogger("lightning.pytorch")
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="lightning.pytorch")
+    yield caplog
+    logger.removeHandler(caplog.handler)
+
+
+def info_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The messages `lightning_info` caught, each once (a record can meet its handler twice, directly and through the
+    root logger, when Lightning's logger propagates)."""
+    return [record.getMessage() for record in {id(record): record for record in caplog.records}.values()]
 
 
 @pytest.fixture

@@ -4,9 +4,7 @@ same normalised images, augmentation, the split, and whole runs of `proj.fit` an
 
 from __future__ import annotations
 
-import logging
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ from torchvision.transforms import v2
 
 import proj.cli
 import proj.fit
-from conftest import user_error
+from conftest import info_lines, user_error
 from proj.cli import ProjCLI
 from proj.data import (
     CIFAR10DataModule,
@@ -221,6 +219,102 @@ def test_grayscale_folder_has_one_channel_unless_told(gray, tmp_path):
     assert ImageFolderDataModule(mixed, **COMMON).input_shape == (3, 20, 20)
 
 
+def test_every_format_imagefolder_takes_is_read_and_other_files_are_counted_once(tmp_path, lightning_info):
+    """WebP, TIFF, PPM and PGM beside PNG, read pixel for pixel (16-bit grayscale scaled from 65535, not clipped at
+    255); a GIF and a text file skipped and said once; hidden files passed over silently."""
+    rng = np.random.default_rng(0)
+    colour = [rng.integers(0, 256, (12, 16, 3), dtype=np.uint8) for _ in range(4)]
+    gray = rng.integers(0, 256, (12, 16), dtype=np.uint8)
+    deep = np.linspace(0, 40000, 12 * 16).round().astype(np.uint16).reshape(12, 16)  # of 65535: a mid gray at most
+    files = {
+        "train/cat/a.webp": (Image.fromarray(colour[0]), colour[0]),
+        "train/cat/b.tif": (Image.fromarray(colour[1]), colour[1]),
+        "train/cat/c.PPM": (Image.fromarray(colour[2]), colour[2]),
+        "train/cat/d.png": (Image.fromarray(colour[3]), colour[3]),
+        "train/dog/e.pgm": (Image.fromarray(gray), gray),
+        "train/dog/f.tiff": (Image.fromarray(deep), (deep / 65535 * 255).round()),
+        "train/dog/g.pgm": (Image.fromarray(deep), (deep / 65535 * 255).round()),
+    }
+    for name, (image, _) in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        image.save(tmp_path / name, **({"lossless": True} if name.endswith(".webp") else {}))
+    assert [Image.open(tmp_path / name).mode for name in ("train/dog/f.tiff", "train/dog/g.pgm")] == ["I;16", "I"]
+    Image.fromarray(gray).save(tmp_path / "train/cat/moving.gif")
+    Image.fromarray(gray).save(tmp_path / "train/dog/h.GIF")
+    (tmp_path / "train/dog/notes.txt").write_text("taken in 2024")
+    (tmp_path / "train/dog/.DS_Store").write_bytes(b"")
+    Image.fromarray(gray).save(tmp_path / "train/dog/._e.pgm")
+
+    data = ImageFolderDataModule(tmp_path, pipeline="resident", **COMMON)
+    data.check()
+    assert data.input_shape == (3, 12, 16)
+    images, labels = data.read_split("train")
+    assert labels.tolist() == [0, 0, 0, 0, 1, 1, 1]
+    for (name, (_, pixels)), image in zip(files.items(), images, strict=True):
+        expected = torch.from_numpy(np.asarray(pixels, dtype=np.uint8)).reshape(12, 16, -1).permute(2, 0, 1)
+        assert torch.equal(image, expected.expand(3, 12, 16)), name
+    assert images[-2].max() == images[-1].max() == 156  # 40000 / 65535: not clipped to white, nor stretched to it
+    data.setup("fit")
+    assert info_lines(lightning_info) == [
+        "Skipped 3 files that are not images proj reads: 2 .gif, 1 .txt (readable suffixes: "
+        ".jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp)."
+    ]
+
+
+def test_a_folder_of_images_only_says_nothing(tmp_path, lightning_info):
+    folder = write_image_folder(tmp_path, ("a", "b"), per_class=2, size=(8, 8), suffixes=(".webp", ".tif"))
+    (folder / "train" / "a" / ".DS_Store").write_bytes(b"")
+    data = ImageFolderDataModule(folder, **COMMON)
+    data.check()
+    assert len(data.files()["train"]) == 4
+    assert info_lines(lightning_info) == []
+
+
+@pytest.mark.parametrize(
+    ("sizes", "expected", "line"),
+    [
+        ([(20, 30)], (20, 30), None),  # one size
+        ([(20, 30), (20, 30), (40, 10)], (20, 30), None),  # most images' size (4 of 6)
+        # Every size different, aspect ratios too: sides sqrt(h * w) 20, 20, 19, 20, 24, 12: their median is 20.
+        (
+            [(10, 40), (20, 20), (30, 12), (16, 25), (24, 24), (9, 16)],
+            (20, 20),
+            "using --data.image_size 20 20, their median side, square as their aspect ratios vary.",
+        ),
+        # Squares of every size but one: sides 10, 12, 14, 16, 18, 17.3: median 15.
+        (
+            [(10, 10), (12, 12), (14, 14), (16, 16), (18, 18), (30, 10)],
+            (15, 15),
+            "using --data.image_size 15 15, their median side, square as most of them are.",
+        ),
+        # All 2:1 (width:height), of every size: median side sqrt(h * w) 21.2, i.e. 15 x 30.
+        (
+            [(10, 20), (12, 24), (14, 28), (16, 32), (18, 36), (20, 40)],
+            (15, 30),
+            "using --data.image_size 15 30, their median size, at the aspect ratio most of them share "
+            "(width:height 2.00).",
+        ),
+    ],
+    ids=["one size", "most share one", "every size", "squares", "all 2 to 1"],
+)
+def test_default_image_size(tmp_path, lightning_info, sizes, expected, line):
+    """The size most images have; when no size is that common, the median side, square unless most of the images
+    share an aspect ratio, said in one line."""
+    folder = write_image_folder(tmp_path, ("a", "b"), per_class=3, size=sizes)
+    data = ImageFolderDataModule(folder, **COMMON)
+    data.check()
+    assert data.input_shape == (3, *expected)
+    assert data.decoded()["train"][0].shape == (6, 3, *expected)
+    said = info_lines(lightning_info)
+    if line is None:
+        assert said == []
+    else:
+        assert said == [
+            "ImageFolderDataModule: image sizes vary (no size is shared by more than half of the 6 images): "
+            f"{line} Pass --data.image_size H W to choose another."
+        ]
+
+
 @pytest.mark.parametrize("pipeline", ["resident", "torchvision"])
 @pytest.mark.parametrize("name", ["train_only", "all_splits", "gray"])
 def test_image_folder_mean_and_std_are_those_of_the_training_split(request, name, pipeline):
@@ -380,16 +474,6 @@ def test_folder_with_val_but_no_test(tmp_path):
 # The pipeline "auto" chooses.
 
 
-@pytest.fixture
-def lightning_info(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    """Lightning's info lines (its logger does not propagate to the root logger caplog listens on)."""
-    logger = logging.getLogger("lightning.pytorch")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.INFO, logger="lightning.pytorch")
-    yield caplog
-    logger.removeHandler(caplog.handler)
-
-
 @pytest.mark.parametrize("name", ["mnist", "cifar", "all_splits"])
 def test_auto_pipeline_streams_over_the_resident_budget(request, lightning_info, name):
     within = make(name, request)  # pipeline "auto", a budget of 2 GiB
@@ -398,8 +482,7 @@ def test_auto_pipeline_streams_over_the_resident_budget(request, lightning_info,
     over = make(name, request, resident_budget_mb=0)
     assert not over.resident
     assert not over.resident  # decided once, said once
-    records = {id(record): record for record in lightning_info.records}.values()  # a record met by two handlers
-    lines = [record.getMessage() for record in records]
+    lines = info_lines(lightning_info)
     assert len(lines) == 1, lines
     assert f"{type(over).__name__}: the decoded images take" in lines[0]
     assert "--data.resident_budget_mb 0: using the torchvision (streaming) pipeline" in lines[0]

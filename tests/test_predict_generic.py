@@ -15,7 +15,7 @@ from torch import nn
 
 import proj.export
 import proj.predict
-from conftest import quick_trainer, user_error
+from conftest import info_lines, quick_trainer, user_error
 from proj.checkpoints import load_classifier
 from proj.data.images import centre_digit, ink, prepare, read_gray, resolve_preprocess
 from proj.errors import UserError
@@ -123,6 +123,33 @@ def test_colour_model_csv_names_classes_and_matches_the_model(tmp_path, capsys, 
     (broken,) = [row for row in rows if row["error"]]
     assert broken["path"].endswith("broken.png") and "not a readable image" in broken["error"]
     assert all(broken[key] == "" for key in HEADER if key not in ("path", "error"))
+
+
+def test_a_folder_of_webp_tiff_ppm_and_pgm_is_predicted_and_other_files_counted(
+    tmp_path, capsys, lightning_info, colour_checkpoint
+):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    for name in ("a.webp", "b.tif", "c.tiff", "d.ppm"):
+        Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(folder / name)
+    Image.fromarray(rng.integers(0, 256, (40, 50), dtype=np.uint8)).save(folder / "e.pgm")
+    Image.fromarray(rng.integers(0, 256, (40, 50), dtype=np.uint8)).save(folder / "f.gif")
+    (folder / "g.txt").write_text("notes")
+    output = tmp_path / "predictions.csv"
+    proj.predict.main(["--ckpt_path", str(colour_checkpoint), "--input", str(folder), "--output", str(output)])
+    _, rows = read_csv(output)
+    assert [Path(row["path"]).name for row in rows] == ["a.webp", "b.tif", "c.tiff", "d.ppm", "e.pgm"]
+    assert "5 files, 0 errors" in capsys.readouterr().out
+    model = load_classifier(colour_checkpoint)
+    with torch.inference_mode():
+        expected = model(torch.stack([reference_input(Path(row["path"]), COLOUR) for row in rows])).softmax(1)
+    found = torch.tensor([[float(row[f"p{name}"]) for name in CLASSES] for row in rows])
+    torch.testing.assert_close(found, expected, atol=2e-6, rtol=0)  # the CSV holds 6 decimals
+    assert info_lines(lightning_info) == [
+        "Skipped 2 files that are not images proj reads: 1 .gif, 1 .txt (readable suffixes: "
+        ".jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp)."
+    ]
 
 
 def test_grayscale_images_become_three_channels(tmp_path):

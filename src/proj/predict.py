@@ -26,7 +26,7 @@ from torch import nn
 from proj.checkpoints import load_classifier
 from proj.commands import run_command
 from proj.data import CIFAR10DataModule, FashionMNISTDataModule, ImageDataModule, MNISTDataModule
-from proj.data.images import SUFFIXES, Preprocess, image_files, prepare, resolve_preprocess
+from proj.data.images import SUFFIXES, Preprocess, image_files, prepare, resolve_preprocess, say_skipped
 from proj.errors import UserError
 from proj.models import ImageClassifier
 from proj.outputs import atomic_output, check_output
@@ -37,18 +37,21 @@ Row = dict[str, Any]
 def find_images(inputs: Sequence[str | Path]) -> list[Path]:
     """Files as given, in order, with each folder replaced by the image files under it (sorted).
 
-    Hidden files and folders (.ipynb_checkpoints, macOS "._" copies) are skipped inside folders; a file
-    named explicitly is always taken, whatever its name (it gets an error row if it is no image).
+    Hidden files and folders (.ipynb_checkpoints, macOS "._" copies) are skipped inside folders, other files
+    whose suffix is not an image's too, counted in one line; a file named explicitly is always taken, whatever its
+    name (it gets an error row if it is no image).
     """
     found: list[Path] = []
+    skipped: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found += image_files(path)
+            found += image_files(path, skipped)
         elif path.exists():
             found.append(path)
         else:
             raise UserError(f"input {str(path)!r} does not exist: pass image files or folders holding images")
+    say_skipped(skipped)
     if not found:
         names = ", ".join(repr(str(item)) for item in inputs)
         raise UserError(f"no image files ({', '.join(SUFFIXES)}) found in {names}: pass files or folders of images")

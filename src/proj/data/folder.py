@@ -1,29 +1,59 @@
 """Your own images: a folder per class, the layout of torchvision's ImageFolder.
 
-root/train/<class>/*.png|jpg|jpeg|bmp     required: the class names are these folder names
+root/train/<class>/*.png|jpg|jpeg|bmp...  required: the class names are these folder names (the suffixes read:
+                                          images.SUFFIXES; other files are skipped, and counted in one line)
 root/val/<class>/*                        optional: else `val_size` of train/ is held out (seeded)
 root/test/<class>/*                       optional: else `proj.fit` skips its test
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from proj.data.base import ImageDataModule, Split, TensorSplit, channel_stats
-from proj.data.images import SUFFIXES, image_files, read_image
+from proj.data.images import SUFFIXES, image_files, is_deep_gray, read_image, say_skipped
 from proj.errors import UserError
 
 STATS_SAMPLE = 1000  # training images that the streaming pipeline measures mean and std on
+ASPECT_TOLERANCE = 0.02  # aspect ratios this close (relatively) to the median one count as the same
+
+
+def default_size(sizes: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], str | None]:
+    """The (height, width) to make images of these sizes, and why, when they vary: the size shared by most (more
+    than half) of them, with no reason given; else their median side (the median of sqrt(height * width)), rounded,
+    as a square, or at the aspect ratio most of them share (within ASPECT_TOLERANCE of the median ratio) when that
+    is not square: a size a user would pick, where the most common of many sizes may be any one image's."""
+    common, times = Counter(sizes).most_common(1)[0]
+    if times > len(sizes) / 2:
+        return common, None
+    side = float(statistics.median([math.sqrt(height * width) for height, width in sizes]))
+    aspects = [width / height for height, width in sizes]
+    aspect = float(statistics.median(aspects))
+    shared = sum(abs(ratio / aspect - 1) <= ASPECT_TOLERANCE for ratio in aspects) > len(sizes) / 2
+    if shared and abs(aspect - 1) > ASPECT_TOLERANCE:
+        size = (max(1, round(side / math.sqrt(aspect))), max(1, round(side * math.sqrt(aspect))))
+        how = f"their median size, at the aspect ratio most of them share (width:height {aspect:.2f})"
+    else:
+        size = (max(1, round(side)),) * 2
+        how = "their median side, square as " + ("most of them are" if shared else "their aspect ratios vary")
+    reason = (
+        f"image sizes vary (no size is shared by more than half of the {len(sizes)} images): using "
+        f"--data.image_size {size[0]} {size[1]}, {how}. Pass --data.image_size H W to choose another."
+    )
+    return size, reason
 
 
 class ImageFolderDataModule(ImageDataModule):
@@ -36,7 +66,9 @@ class ImageFolderDataModule(ImageDataModule):
 
     Args:
         root: the folder holding train/ (and optionally val/ and test/).
-        image_size: (height, width), or one side for square images; default: the most common size in train/.
+        image_size: (height, width), or one side for square images; default: the size most (more than half) of
+            the images have; when no size is that common, their median side (of sqrt(height * width)), rounded, as
+            a square, or at the aspect ratio most of them share, said in one line.
         channels: 1 (grayscale) or 3 (RGB); default: 1 when every image is grayscale, else 3.
         flip: mirror training images left-right at random (only where a mirrored image keeps its class).
         **kwargs: batch size, split (`val_size`: 10% of train/ by default, when there is no val/), augmentation
@@ -99,13 +131,16 @@ class ImageFolderDataModule(ImageDataModule):
                     f"{train} holds {found}: a classifier needs at least 2 classes, one folder each ({train}/<class>/)."
                 )
             self._classes = classes
-            self._files = {}
+            files: dict[str, list[tuple[Path, int]]] = {}
+            skipped: list[Path] = []
             for split in ("train", "val", "test"):
                 if (self.root / split).is_dir():
-                    self._files[split] = self._list(split, classes)
+                    files[split] = self._list(split, classes, skipped)
+            say_skipped(skipped)
+            self._files = files
         return self._files
 
-    def _list(self, split: str, classes: list[str]) -> list[tuple[Path, int]]:
+    def _list(self, split: str, classes: list[str], skipped: list[Path]) -> list[tuple[Path, int]]:
         folder = self.root / split
         unknown = sorted(
             entry.name
@@ -116,7 +151,7 @@ class ImageFolderDataModule(ImageDataModule):
             raise UserError(f"{folder} has classes that train/ lacks: {', '.join(unknown)}. Give train/ those folders.")
         found = []
         for index, name in enumerate(classes):
-            images = image_files(folder / name)
+            images = image_files(folder / name, skipped)
             if split == "train" and not images:
                 raise UserError(
                     f"class folder {folder / name} has no image files ({', '.join(SUFFIXES)}): add images or remove it."
@@ -151,10 +186,11 @@ class ImageFolderDataModule(ImageDataModule):
     def _infer_shape(self, headers: list[tuple[str, tuple[int, int]]] | None = None) -> None:
         headers = self._headers() if headers is None else headers
         if self._channels is None:
-            self._channels = 1 if all(mode in ("1", "L", "I", "I;16", "F") for mode, _ in headers) else 3
+            self._channels = 1 if all(mode in ("1", "L") or is_deep_gray(mode) for mode, _ in headers) else 3
         if self._size is None:
-            sizes = Counter(size for _, size in headers)
-            self._size = sizes.most_common(1)[0][0]
+            self._size, reason = default_size([size for _, size in headers])
+            if reason is not None:
+                rank_zero_info(f"{type(self).__name__}: {reason}")
 
     # What the data set is.
 

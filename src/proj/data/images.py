@@ -17,6 +17,7 @@ Then the pixels, scaled to [0, 1], are normalised with the description's mean an
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,9 +25,11 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image, ImageOps
 from torch import Tensor
 from torch.nn import functional as F
+from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms.v2 import functional as TF
 
 from proj.errors import UserError
@@ -40,23 +43,35 @@ MAX_SIDE = 1024  # larger images are reduced first: strokes stay several pixels 
 # MNIST digits pasted into simulated JPEG photos with graded light, either threshold lower: 74%).
 INK_THRESHOLD, BOX_THRESHOLD = 0.25, 0.5
 MIN_CONTRAST = 0.05  # ink and paper closer than this (of the full range) means there is no digit
-SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+# What torchvision's ImageFolder takes and this Pillow opens (WebP, for one, only where Pillow was built with it).
+SUFFIXES = tuple(suffix for suffix in IMG_EXTENSIONS if suffix in Image.registered_extensions())
 
 Preprocess = Literal["auto", "digit", "resize", "none"]
 PREPROCESS: tuple[Preprocess, ...] = ("auto", "digit", "resize", "none")
 Source = str | Path | Image.Image
 
 
-def image_files(folder: Path) -> list[Path]:
-    """The image files under `folder` (by suffix), sorted; hidden files and folders (.ipynb_checkpoints, macOS
-    "._" copies) skipped."""
-    return sorted(
+def image_files(folder: Path, skipped: list[Path] | None = None) -> list[Path]:
+    """The image files under `folder` (by suffix: SUFFIXES), sorted. Hidden files and folders (.ipynb_checkpoints,
+    macOS "._" copies) are passed over silently; other files are added to `skipped`, for `say_skipped`."""
+    files = sorted(
         path
         for path in folder.rglob("*")
-        if path.suffix.lower() in SUFFIXES
-        and path.is_file()
-        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+        if not any(part.startswith(".") for part in path.relative_to(folder).parts) and path.is_file()
     )
+    if skipped is not None:
+        skipped += [path for path in files if path.suffix.lower() not in SUFFIXES]
+    return [path for path in files if path.suffix.lower() in SUFFIXES]
+
+
+def say_skipped(skipped: Sequence[Path]) -> None:
+    """One line (rank 0's) on the files a scan of folders left out: how many, of which kinds. None, no line."""
+    if not skipped:
+        return
+    kinds = Counter(path.suffix.lower() or "without a suffix" for path in skipped)
+    listed = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items(), key=lambda item: (-item[1], item[0])))
+    files = "1 file that is not an image" if len(skipped) == 1 else f"{len(skipped)} files that are not images"
+    rank_zero_info(f"Skipped {files} proj reads: {listed} (readable suffixes: {', '.join(SUFFIXES)}).")
 
 
 def read_gray(source: str | Path | Image.Image) -> Tensor:
@@ -94,7 +109,10 @@ def read_image(source: Source, channels: int, size: tuple[int, int] | None) -> T
     with _opened(source) as image:
         if size is not None and not isinstance(source, Image.Image):  # a caller's image stays as it is
             image.draft(mode, (size[1], size[0]))  # JPEG: decode no larger than needed
-        image = ImageOps.exif_transpose(image).convert(mode)
+        image = _deep_to_float(ImageOps.exif_transpose(image))
+        if image.mode == "F":  # rounded to 8 bits (Pillow's own conversion truncates)
+            image = Image.fromarray(np.asarray(image).round().clip(0, 255).astype(np.uint8))
+        image = image.convert(mode)
         if size is not None and image.size != (size[1], size[0]):
             image = ImageOps.fit(image, (size[1], size[0]), Image.Resampling.BILINEAR)
         pixels = torch.from_numpy(np.array(image, dtype=np.uint8))
@@ -102,16 +120,30 @@ def read_image(source: Source, channels: int, size: tuple[int, int] | None) -> T
     return pixels.reshape(height, width, channels).permute(2, 0, 1).contiguous()
 
 
+def is_deep_gray(mode: str) -> bool:
+    """Whether an image of this Pillow mode is 16- or 32-bit grayscale (which Pillow's "L" would clip at 255)."""
+    return mode.startswith("I") or mode == "F"
+
+
+def _deep_to_float(image: Image.Image) -> Image.Image:
+    """A 16- or 32-bit grayscale image as mode "F" in [0, 255], scaled by its white: 65535 for 16 bits (a 16-bit PGM,
+    which Pillow opens as "I", included), else its brightest pixel (at least 255). Any other image as it is."""
+    if not is_deep_gray(image.mode):
+        return image
+    floats = np.asarray(image.convert("F"), dtype=np.float32)
+    brightest = float(floats.max())
+    sixteen_bit = image.mode.startswith("I;16") or (image.mode == "I" and 255 < brightest <= 65535)
+    white = 65535.0 if sixteen_bit else max(255.0, brightest)
+    return Image.fromarray(floats * np.float32(255.0 / white))
+
+
 def _gray(image: Image.Image) -> Tensor:
-    image = ImageOps.exif_transpose(image)  # phone photos are stored sideways with a rotation tag
-    if image.mode.startswith("I") or image.mode == "F":  # 16/32-bit grayscale: Pillow's "L" would clip it
-        sixteen_bit, image = image.mode.startswith("I;16"), image.convert("F")
-        scale = 65535.0 if sixteen_bit else max(255.0, float(np.asarray(image).max()))
-    else:
-        image, scale = image.convert("RGBA" if image.has_transparency_data else "L"), 255.0
+    image = _deep_to_float(ImageOps.exif_transpose(image))  # phone photos are stored sideways with a rotation tag
+    if image.mode != "F":
+        image = image.convert("RGBA" if image.has_transparency_data else "L")
     if max(image.size) > MAX_SIDE:
         image.thumbnail((MAX_SIDE, MAX_SIDE))
-    pixels = torch.from_numpy(np.array(image, dtype=np.float32)) / scale
+    pixels = torch.from_numpy(np.array(image, dtype=np.float32)) / 255.0
     if pixels.ndim == 2:
         return pixels
     rgba = pixels.permute(2, 0, 1)
