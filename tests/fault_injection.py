@@ -73,11 +73,35 @@ def slow_version_choice(seconds: float) -> None:
     TensorBoardLogger._get_next_version = slowly  # type: ignore[method-assign]
 
 
-if __name__ == "__main__":  # python fault_injection.py NTH_LAST|slow_versions [proj.fit flags...]
-    if sys.argv[1] == "slow_versions":
-        slow_version_choice(3.0)
-    else:
-        die_while_writing(int(sys.argv[1]))
-    import proj.fit
+def first_trials_together(folder: Path, workers: int) -> None:
+    """A sweep worker asks for its first trial only once `workers` workers have come that far (a file each in
+    `folder`): however far apart the processes start, all of them open the study before any trial is in it."""
+    from optuna import Study
 
-    proj.fit.main(sys.argv[2:])
+    ask = Study.ask
+
+    def together(self: Study, *args, **kwargs):
+        if not (arrived := folder / str(os.getpid())).exists():
+            arrived.touch()
+            deadline = time.monotonic() + 120
+            while len(list(folder.iterdir())) < workers and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return ask(self, *args, **kwargs)
+
+    Study.ask = together  # type: ignore[method-assign]
+
+
+if __name__ == "__main__":  # python fault_injection.py NTH_LAST|slow_versions [proj.fit flags...]
+    if sys.argv[1] == "together":  # python fault_injection.py together FOLDER WORKERS [proj.sweep flags...]
+        first_trials_together(Path(sys.argv[2]), int(sys.argv[3]))
+        import proj.sweep
+
+        proj.sweep.main(sys.argv[4:])
+    else:
+        if sys.argv[1] == "slow_versions":
+            slow_version_choice(3.0)
+        else:
+            die_while_writing(int(sys.argv[1]))
+        import proj.fit
+
+        proj.fit.main(sys.argv[2:])

@@ -167,9 +167,9 @@ def test_every_config_continues_longer_or_is_refused_leaving_the_run_untouched(c
 # Resume from a checkpoint alone, fine-tune from weights.
 
 
-def tiny_fit(data_dir: Path, logs: Path, *extra: str) -> Path:
-    """A 2-epoch MLP run at batch size 16 (not the default), without its test; its folder."""
-    flags = [
+def tiny_flags(data_dir: Path, logs: Path) -> list[str]:
+    """A 2-epoch MLP run at batch size 16 (not the default), without its test."""
+    return [
         *("--model", "MLPClassifier", "--model.hidden_sizes", "[32]", "--data.data_dir", str(data_dir)),
         *("--data.val_size", str(VAL_SIZE), "--data.batch_size", "16", "--data.num_workers", "0"),
         *("--trainer.accelerator", "cpu", "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3"),
@@ -177,7 +177,11 @@ def tiny_fit(data_dir: Path, logs: Path, *extra: str) -> Path:
         *("--trainer.enable_model_summary", "false", "--trainer.callbacks=[]", "--test_after_fit", "false"),
         *("--trainer.logger.init_args.save_dir", str(logs)),
     ]
-    proj.fit.main([*flags, *extra])
+
+
+def tiny_fit(data_dir: Path, logs: Path, *extra: str) -> Path:
+    """The tiny_flags run on MNIST; its folder."""
+    proj.fit.main([*tiny_flags(data_dir, logs), *extra])
     return logs / "mnist" / "version_0"
 
 
@@ -194,6 +198,25 @@ def test_fit_from_a_checkpoint_alone_takes_its_runs_settings_and_folder(mnist_di
     assert resumed["datamodule_hyper_parameters"]["batch_size"] == 16  # the run's, not the default 128
     assert resumed["global_step"] == 9
     assert (run / "config.yaml").read_bytes() == config
+
+
+@pytest.mark.slow
+def test_ckpt_path_last_with_data_resumes_that_data_sets_newest_run(mnist_dir, tmp_path, capsys):
+    """`--data X --ckpt_path last` without --config looks in logs/<x>/, where X's runs go; the default data's
+    `last` does not take X's run, and names the folder it searched."""
+    logs = tmp_path / "logs"
+    fashion = ["--data", "FashionMNISTDataModule", *tiny_flags(write_synthetic_fashion_mnist(tmp_path, 300, 100), logs)]
+    proj.fit.main(fashion)
+    run = logs / "fashionmnist" / "version_0"
+    last = run / "checkpoints" / "last.ckpt"
+    steps = torch.load(last, weights_only=True)["global_step"]
+    proj.fit.main([*fashion, "--ckpt_path", "last", "--trainer.max_epochs", "3"])
+    assert sorted(path.relative_to(logs).as_posix() for path in logs.glob("*/*")) == ["fashionmnist/version_0"]
+    assert torch.load(last, weights_only=True)["global_step"] == steps // 2 * 3  # a third epoch, in that run
+    (continuation,) = yaml.safe_load((run / "run.yaml").read_text())["continued"]
+    assert continuation["checkpoint"]["path"] == str(last)
+    err = user_error(capsys, proj.fit.main, *tiny_flags(mnist_dir, logs), "--ckpt_path", "last")
+    assert f"--ckpt_path last: no run under {str(logs / 'mnist')!r} has a checkpoints/last.ckpt" in err
 
 
 @pytest.mark.slow

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -17,7 +20,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 import proj.fit
 import proj.sweep
-from conftest import CONFIGS, MODEL_CONFIGS, build_cli, tiny_run_args
+from conftest import CONFIGS, MODEL_CONFIGS, ROOT, build_cli, tiny_run_args
 from proj.errors import UserError
 from proj.models import ImageClassifier
 from proj.models.base import NonFiniteLossError
@@ -253,6 +256,65 @@ def test_grid_sampler_runs_every_point_once(mnist_dir, tmp_path, capsys):
     assert "the grid is complete" in capsys.readouterr().out
 
 
+def asked_in_turn(storage: optuna.storages.BaseStorage, sampler: str, workers: int, rounds: int) -> list[tuple]:
+    """Trials of one study asked by `workers` workers in turn, each with the sampler `run` makes for `--seed 7`,
+    all made before any trial exists (workers started together); each round, every worker asks before any tells.
+    The values of the study's trials, in trial order."""
+    space = SearchSpace.parse(SMALL_SPACE)
+    studies = [
+        optuna.create_study(
+            study_name="s", storage=storage, load_if_exists=True, sampler=proj.sweep.make_sampler(sampler, space, 7)
+        )
+        for _ in range(workers)
+    ]
+    for _ in range(rounds):
+        trials = [study.ask() for study in studies]
+        for study, trial in zip(studies, trials, strict=True):
+            space.suggest(trial)
+            study.tell(trial, trial.params["model.optimizer.lr"])
+    return [tuple(sorted(trial.params.items())) for trial in studies[0].trials]
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_seeded_workers_never_draw_the_same_values_and_a_rerun_draws_them_again(sampler):
+    """Workers started together with one --seed draw distinct values (14 trials: TPE's own draws begin after its
+    10 random ones); a rerun from scratch draws the same values, a continued study those one longer run draws."""
+    together = asked_in_turn(optuna.storages.InMemoryStorage(), sampler, workers=2, rounds=7)
+    assert len(set(together)) == len(together) == 14
+    once = asked_in_turn(optuna.storages.InMemoryStorage(), sampler, workers=1, rounds=6)
+    assert asked_in_turn(optuna.storages.InMemoryStorage(), sampler, workers=1, rounds=6) == once  # reproducible
+    continued = optuna.storages.InMemoryStorage()
+    asked_in_turn(continued, sampler, workers=1, rounds=3)
+    assert asked_in_turn(continued, sampler, workers=1, rounds=3) == once  # as if run at once: nothing drawn twice
+
+
+@pytest.mark.slow
+def test_workers_started_together_with_one_seed_never_repeat_a_trial(mnist_dir, tmp_path):
+    """Two `python -m proj.sweep --seed 0` on one new SQLite study, each opening it before either has a trial in
+    it (tests/fault_injection.py holds each worker's first trial until both are there): every trial is its own."""
+    out_dir, arrived = tmp_path / "sweep", tmp_path / "arrived"
+    arrived.mkdir()
+    args = sweep_args(mnist_dir, out_dir, write_space(tmp_path / "small.yaml", SMALL_SPACE), *NO_CALLBACKS)
+    options = ["--sampler", "random", "--seed", "0", "--n_trials", "1"]
+    paths = [str(ROOT / "src"), str(ROOT / "tests"), os.environ.get("PYTHONPATH")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths)), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(ROOT / "tests" / "fault_injection.py"), "together", str(arrived), "2"]
+    workers = [
+        subprocess.Popen(
+            [*command, *args, *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        for _ in range(2)
+    ]
+    for worker in workers:
+        _, err = worker.communicate(timeout=300)
+        assert worker.returncode == 0, err[-3000:]
+    assert len(list(arrived.iterdir())) == 2
+    trials = load_study(out_dir, "small").trials
+    assert [trial.state for trial in trials] == [TrialState.COMPLETE] * 2
+    values = [tuple(sorted(trial.params.items())) for trial in trials]
+    assert values[0] != values[1], values
+
+
 def test_median_pruner_stops_a_bad_trial_and_a_diverging_one(mnist_dir, tmp_path, capsys, monkeypatch):
     out_dir = tmp_path / "sweep"
     out_dir.mkdir()
@@ -295,6 +357,7 @@ def test_median_pruner_stops_a_bad_trial_and_a_diverging_one(mnist_dir, tmp_path
         ([], {"model.optimizer.lrr": {"type": "float", "low": 0.1, "high": 1}}, "unknown key model.optimizer.lrr"),
         ([], {"trainer.foo": {"type": "int", "low": 1, "high": 2}}, "unrecognized arguments '--trainer.foo 1'"),
         (["--pruner_startup_trials", "many"], SMALL_SPACE, "--pruner_startup_trials expects int, got 'many'."),
+        (["--seed", "-1"], SMALL_SPACE, "--seed -1 is out of range: use a number from 0 to 4294967295"),
     ],
 )
 def test_errors_are_one_line(mnist_dir, tmp_path, capsys, options, space, message):

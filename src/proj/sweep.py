@@ -21,17 +21,19 @@ import sys
 import time
 import warnings
 from argparse import ArgumentError
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from pydoc import locate
 from typing import Any, TextIO
 
+import numpy as np
 import optuna
 import sqlalchemy
 from jsonargparse import ArgumentParser, Namespace
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from optuna.distributions import BaseDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from optuna_integration import PyTorchLightningPruningCallback
@@ -258,11 +260,51 @@ class Sweep:
         return best
 
 
-def make_sampler(name: str, space: SearchSpace, seed: int | None, done: int) -> optuna.samplers.BaseSampler:
-    if name == "grid":
+class SeededPerTrial(optuna.samplers.BaseSampler):
+    """A sampler made anew for each trial, seeded from (--seed, the trial's number). The storage gives each trial
+    of a study its own number, so workers sharing the study never draw from the same stream, even when started
+    together with one --seed (or with seeds S and S+1), while a rerun from scratch draws what the first run drew
+    (TPE: given the same results) and a continued study draws new values."""
+
+    def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], seed: int) -> None:
+        self.make, self.seed = make, seed
+        self.sampler = make(seed)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        (trial_seed,) = np.random.SeedSequence([self.seed, trial.number]).generate_state(1)
+        self.sampler = self.make(int(trial_seed))
+        self.sampler.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self.sampler.infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return self.sampler.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        return self.sampler.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(
+        self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
+    ) -> None:
+        self.sampler.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.sampler.reseed_rng()
+
+
+def make_sampler(name: str, space: SearchSpace, seed: int | None) -> optuna.samplers.BaseSampler:
+    if name == "grid":  # trial N runs point N of the seeded order (then one neither run nor running): distinct
         return optuna.samplers.GridSampler(space.grid(), seed=seed)
-    seed = None if seed is None else seed + done  # a resumed study must not draw its first points again
-    return optuna.samplers.RandomSampler(seed) if name == "random" else optuna.samplers.TPESampler(seed=seed)
+
+    def make(seed: int | None) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.RandomSampler(seed) if name == "random" else optuna.samplers.TPESampler(seed=seed)
+
+    return make(None) if seed is None else SeededPerTrial(make, seed)
 
 
 def make_pruner(name: str, startup_trials: int, warmup_epochs: int) -> optuna.pruners.BasePruner:
@@ -410,7 +452,8 @@ def run(
         study_name: null: the search space file's name, e.g. cnn
         out_dir: trial logs, study.db and best.yaml (null: logs/sweep-<study_name>)
         storage: database URL (null: sqlite:///<out_dir>/study.db)
-        seed: the sampler's seed, for a reproducible sequence of trials
+        seed: the sampler's seed: trial N draws from (seed, N), so a rerun draws the same values and workers
+            sharing the study never the same
         fit_args: the flags of every trial's fit: the rest of the command line
     """
     for name, value, allowed in [
@@ -420,6 +463,8 @@ def run(
     ]:
         if value not in allowed:
             raise UserError(f"unknown {name} {value!r}: use --{name} {' or '.join(allowed)}")
+    if seed is not None and not 0 <= seed < 2**32:  # numpy's seeds
+        raise UserError(f"--seed {seed} is out of range: use a number from 0 to {2**32 - 1}")
     search_space = SearchSpace.load(space)
     grid = search_space.grid() if sampler == "grid" else None  # a continuous range fails here
     name = study_name or Path(space).stem
@@ -433,7 +478,7 @@ def run(
         study = open_study(
             storage, name, metric, direction, make_pruner(pruner, pruner_startup_trials, pruner_warmup_epochs)
         )
-        study.sampler = make_sampler(sampler, search_space, seed, len(study.trials))
+        study.sampler = make_sampler(sampler, search_space, seed)
         count = DEFAULT_TRIALS if n_trials is None else n_trials
         if grid is not None:
             left = grid_points_left(study, grid)
