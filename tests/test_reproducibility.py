@@ -23,8 +23,10 @@ def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
     return {key: [(event.step, event.value) for event in events.Scalars(key)] for key in METRICS}
 
 
-@pytest.mark.parametrize("deterministic", ["false", "true"])
-@pytest.mark.parametrize("model", ["MLPClassifier", "CNNClassifier"])
+# Deterministic algorithms change nothing for the MLP's matrix products on the CPU: that case is left out.
+@pytest.mark.parametrize(
+    ("model", "deterministic"), [("MLPClassifier", "false"), ("CNNClassifier", "false"), ("CNNClassifier", "true")]
+)
 def test_same_seed_gives_identical_metrics_epoch_by_epoch(mnist_dir, tmp_path, model, deterministic):
     flags = ("--model", model, "--model.dropout", "0.3", "--data.augment", "true")
     flags += ("--trainer.deterministic", deterministic)
