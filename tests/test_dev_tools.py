@@ -1,4 +1,5 @@
-"""The developer's tools: `make help` lists every target, and the pre-commit hooks run offline and pass."""
+"""The developer's tools: `make help` lists every target, the pre-commit hooks run offline and pass, and under CI a
+test that cannot run fails."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import skip_or_fail_in_ci
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -20,14 +23,34 @@ def run(*command: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, env={**os.environ, "PATH": path, **env})
 
 
-@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
 def test_make_alone_lists_every_target_with_its_description():
+    if shutil.which("make") is None:
+        skip_or_fail_in_ci("no make")
     targets = re.findall(r"^([a-zA-Z_-]+):", (ROOT / "Makefile").read_text(), flags=re.MULTILINE)
     assert {"help", "install", "test", "lint", "typecheck", "tensorboard", "clean"} <= set(targets)
     done = run("make", "--no-print-directory", cwd=ROOT)
     assert done.returncode == 0, done.stderr
     listed = dict(line.split(maxsplit=1) for line in done.stdout.splitlines())
     assert list(listed) == targets  # each target once, in the Makefile's order, and each with a description
+
+
+@pytest.mark.parametrize(
+    ("ci", "outcome", "message"),
+    [
+        (None, pytest.skip.Exception, "no widget"),
+        ("false", pytest.skip.Exception, "no widget"),
+        ("true", pytest.fail.Exception, "CI=true, and this test cannot run: no widget"),
+    ],
+)
+def test_a_test_missing_a_part_skips_but_fails_under_ci(monkeypatch, ci, outcome, message):
+    """skip_or_fail_in_ci: a developer's machine may lack a PostgreSQL server or a tmpfs; CI may not."""
+    monkeypatch.delenv("CI", raising=False)
+    if ci is not None:
+        monkeypatch.setenv("CI", ci)
+    with pytest.raises((pytest.skip.Exception, pytest.fail.Exception)) as raised:  # caught either way: a skip
+        skip_or_fail_in_ci("no widget")  # that escaped would skip this test instead of failing it
+    assert type(raised.value) is outcome
+    assert raised.value.msg == message
 
 
 def test_pre_commit_config_is_valid():

@@ -19,7 +19,7 @@ from lightning.pytorch import Callback, seed_everything
 from torch.utils.data import DistributedSampler
 
 import proj.outputs
-from conftest import MNIST_SHAPE, NUM_TEST, NUM_TRAIN, VAL_SIZE, datamodule, quick_trainer
+from conftest import MNIST_SHAPE, NUM_TEST, NUM_TRAIN, VAL_SIZE, datamodule, quick_trainer, skip_or_fail_in_ci
 from proj.data import MNISTDataModule
 from proj.data.mnist import AUGMENT, MEAN, STD
 from proj.data.resident import ResidentLoader, random_affine
@@ -595,7 +595,7 @@ def read_only(data_dir: Path):
         immutable = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, check=False).returncode == 0
     try:
         if writable(folder):
-            pytest.skip("cannot make a folder read-only here (root without chattr +i)")
+            skip_or_fail_in_ci("cannot make a folder read-only here (root without chattr +i)")
         yield folder
     finally:
         if immutable:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
+import torch
 import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelSummary, ProgressBar
@@ -168,12 +171,47 @@ def test_grid_needs_finite_choices():
         continuous.grid()
 
 
+def at_key(config: dict[str, Any], key: str) -> Any:
+    """The value at a CLI key (`model.optimizer.lr`) of a dumped config, stepping into `init_args` as the CLI does."""
+    node = config
+    for part in key.split("."):
+        if part not in node and "init_args" in node:
+            node = node["init_args"]
+        node = node[part]
+    return node
+
+
+def is_choice(landed: Any, choice: Any) -> bool:
+    """Whether a config value is this choice: the same value, or the same class with the choice's arguments."""
+    if isinstance(choice, dict) and "class_path" in choice:
+        arguments = choice.get("init_args") or {}
+        return (
+            isinstance(landed, dict)
+            and landed["class_path"] == choice["class_path"]
+            and all(landed["init_args"][name] == value for name, value in arguments.items())
+        )
+    return bool(landed == choice)
+
+
 def test_shipped_spaces_parse_with_the_cli(mnist_dir):
-    """Every choice and both ends of every range of configs/sweep/*.yaml are flags the CLI accepts."""
+    """Every choice and both ends of every range of configs/sweep/*.yaml, and a random draw, are flags the CLI
+    accepts, and each value lands at its key of the parsed config, as set, inside its range or among its choices."""
     parser = build_cli(mnist_dir).parser
     for model, space_name in (("cnn", "cnn"), ("mlp", "mlp"), ("mlp", "grid")):
-        for overrides in SearchSpace.load(CONFIGS / "sweep" / f"{space_name}.yaml").probes():
-            proj.sweep.parse_flags(parser, ["--config", str(MODEL_CONFIGS[model]), *cli_args(overrides)], "probe")
+        space = SearchSpace.load(CONFIGS / "sweep" / f"{space_name}.yaml")
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        for overrides in [*space.probes(), space.suggest(study.ask())]:
+            flags = ["--config", str(MODEL_CONFIGS[model]), *cli_args(overrides)]
+            parsed = proj.sweep.parse_flags(parser, flags, "probe")
+            config = json.loads(parser.dump(parsed, format="json", skip_unset=False))
+            for key, value in [*overrides, *space.fixed]:
+                assert is_choice(at_key(config, key), value), (space_name, key, value, at_key(config, key))
+            for param in space.params:
+                landed, dist = at_key(config, param.key), param.distribution
+                if isinstance(dist, CategoricalDistribution):
+                    assert any(is_choice(landed, choice) for choice in param.ends()), (space_name, param.key, landed)
+                else:
+                    assert dist.low <= landed <= dist.high, (space_name, param.key, landed)
 
 
 # Whole sweeps on the synthetic data
@@ -228,13 +266,28 @@ def test_random_sweep_writes_best_yaml_logs_each_trial_and_resumes(mnist_dir, tm
 
 
 @pytest.mark.slow
-def test_best_yaml_trains_with_proj_fit(mnist_dir, tmp_path, capsys):
+def test_best_yaml_trains_with_proj_fit(mnist_dir, tmp_path, capsys, monkeypatch):
+    """The fit of best.yaml trains with the best trial's values, none of them the base flags': its model's hidden
+    layers, its optimizer's rate and its batches are the ones drawn."""
+    space = {**SMALL_SPACE, "data.batch_size": {"type": "categorical", "choices": [16, 48]}}  # the flags say 32
     out_dir = tmp_path / "sweep"
-    proj.sweep.main(
-        [*sweep_args(mnist_dir, out_dir, write_space(tmp_path / "small.yaml", SMALL_SPACE)), "--n_trials", "1"]
-    )
+    proj.sweep.main([*sweep_args(mnist_dir, out_dir, write_space(tmp_path / "small.yaml", space)), "--n_trials", "1"])
+    best = load_study(out_dir, "small").best_params
+    trained = []
+    training_step = ImageClassifier.training_step
+
+    def recording(model, batch, batch_idx):  # what each step of the fit really trains with
+        (group,) = model.trainer.optimizers[0].param_groups
+        widths = [layer.out_features for layer in model.modules() if isinstance(layer, torch.nn.Linear)]
+        trained.append((widths[:-1], group["initial_lr"], len(batch[0])))  # initial_lr: before the cosine's decay
+        return training_step(model, batch, batch_idx)
+
+    monkeypatch.setattr(ImageClassifier, "training_step", recording)
     proj.fit.main(["--config", str(out_dir / "best.yaml")])  # what the sweep tells the user to run
     assert "Test accuracy:" in capsys.readouterr().out
+    drawn = (yaml.safe_load(best["model.hidden_sizes"]), best["model.optimizer.lr"], best["data.batch_size"])
+    assert trained
+    assert all(step == drawn for step in trained), (trained[0], drawn)
 
 
 def test_grid_sampler_runs_every_point_once(mnist_dir, tmp_path, capsys):

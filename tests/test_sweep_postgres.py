@@ -1,4 +1,5 @@
-"""proj.sweep workers sharing one study on a real, throw-away PostgreSQL server (slow; skipped without PostgreSQL)."""
+"""proj.sweep workers sharing one study on a real, throw-away PostgreSQL server (slow; skipped without PostgreSQL,
+failed without it under CI)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import yaml
 from optuna.trial import FixedTrial, TrialState, create_trial
 
 import proj.sweep
-from conftest import MODEL_CONFIGS, ROOT, tiny_run_args
+from conftest import MODEL_CONFIGS, ROOT, skip_or_fail_in_ci, tiny_run_args
 from proj.search_space import SearchSpace
 from test_sweep import NO_CALLBACKS, SMALL_SPACE, sweep_args, write_space
 
@@ -35,7 +36,7 @@ def pg_bin() -> Path:
     debian = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
     initdb = debian[-1] if debian else shutil.which("initdb")
     if initdb is None or not (Path(initdb).resolve().parent / "pg_ctl").exists():
-        pytest.skip("PostgreSQL not installed: no initdb and pg_ctl in /usr/lib/postgresql/*/bin or on PATH")
+        skip_or_fail_in_ci("PostgreSQL not installed: no initdb and pg_ctl in /usr/lib/postgresql/*/bin or on PATH")
     return Path(initdb).resolve().parent
 
 
@@ -45,11 +46,11 @@ def as_server_user() -> list[str]:
         return []
     runuser = shutil.which("runuser")
     if runuser is None:
-        pytest.skip("running as root, and no runuser to start PostgreSQL as an unprivileged user")
+        skip_or_fail_in_ci("running as root, and no runuser to start PostgreSQL as an unprivileged user")
     try:
         pwd.getpwnam(PG_USER)
     except KeyError:
-        pytest.skip(f"running as root, and no {PG_USER!r} user to start PostgreSQL as")
+        skip_or_fail_in_ci(f"running as root, and no {PG_USER!r} user to start PostgreSQL as")
     return [runuser, "-u", PG_USER, "--"]
 
 
@@ -57,7 +58,10 @@ def as_server_user() -> list[str]:
 def postgres() -> Iterator[Callable[[str], str]]:
     """A server on a Unix socket in a private temporary folder (no TCP), fsync off; a function that creates a
     database and returns its URL. Stopped (immediately: nothing in it is kept) after the module."""
-    pytest.importorskip("psycopg", reason="no PostgreSQL driver: pip install -e '.[postgres]'")
+    try:
+        import psycopg
+    except ImportError:
+        skip_or_fail_in_ci("no PostgreSQL driver: pip install -e '.[postgres]'")
     bindir, prefix = pg_bin(), as_server_user()
     base = Path(tempfile.mkdtemp(prefix="pg"))  # short: a socket path has at most 107 characters
     if prefix:
@@ -72,8 +76,6 @@ def postgres() -> Iterator[Callable[[str], str]]:
         return f"cannot start PostgreSQL: {step} exited {result.returncode}: {(result.stderr + log).strip()[-500:]}"
 
     def database(name: str) -> str:
-        import psycopg
-
         with psycopg.connect(host=str(base), user="postgres", dbname="postgres", autocommit=True) as connection:
             connection.execute(f'CREATE DATABASE "{name}"')
         return f"postgresql://postgres@/{name}?host={base}"  # SQLAlchemy >= 2.1: postgresql:// is psycopg 3
@@ -81,11 +83,11 @@ def postgres() -> Iterator[Callable[[str], str]]:
     try:
         initdb = pg(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8")
         if initdb.returncode:
-            pytest.skip(failed("initdb", initdb))
+            skip_or_fail_in_ci(failed("initdb", initdb))
         options = f"-c listen_addresses='' -c unix_socket_directories={base} -c fsync=off -c full_page_writes=off"
         start = pg(str(bindir / "pg_ctl"), "start", "-w", "-D", str(data), "-l", str(base / "log"), "-o", options)
         if start.returncode:
-            pytest.skip(failed("pg_ctl start", start))
+            skip_or_fail_in_ci(failed("pg_ctl start", start))
         yield database
     finally:
         if (data / "postmaster.pid").exists():

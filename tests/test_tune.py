@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -72,11 +74,38 @@ def test_batch_size_finder_prints_the_size_and_applies_it(mnist_dir, tmp_path, c
 
 
 @pytest.mark.parametrize("finder", ["lr", "batch_size"])
-def test_finders_run_a_config_whose_schedule_spans_the_run(mnist_dir, tmp_path, capsys, finder):
-    """configs/cnn.yaml's OneCycleLR takes its length from the run, which the finders leave to their own steps."""
-    options = {"lr": ["--num_training", "12"], "batch_size": ["--max_val", "8", "--steps_per_trial", "2"]}[finder]
-    proj.tune.main([finder, *fit_args(mnist_dir, tmp_path, "cnn"), *options, "--out_dir", str(tmp_path / "tune")])
-    assert "Plot: " in capsys.readouterr().out
+def test_finders_run_a_config_whose_schedule_spans_the_run(mnist_dir, tmp_path, capsys, monkeypatch, finder):
+    """configs/cnn.yaml's OneCycleLR takes its length from the run, which the finders leave to their own steps. The
+    value found is the one printed, and the fit given the printed flag uses it: OneCycleLR's peak rate (the config
+    says 0.1), the batch size (the flags say 32)."""
+    options = {"lr": ["--num_training", "20"], "batch_size": ["--max_val", "8", "--steps_per_trial", "2"]}[finder]
+    found, run_finder = [], proj.tune.FINDERS[finder]
+
+    @functools.wraps(run_finder)  # its flags are its parameters
+    def finding(cli, **kwargs):
+        found.append(run_finder(cli, **kwargs))
+
+    monkeypatch.setitem(proj.tune.FINDERS, finder, finding)
+    args = fit_args(mnist_dir, tmp_path, "cnn")
+    proj.tune.main([finder, *args, *options, "--out_dir", str(tmp_path / "tune")])
+    stdout = capsys.readouterr().out
+    assert "Plot: " in stdout
+    (value,) = found
+    printed = re.search(r"\(set (--\S+) (\S+)\)", stdout)
+    assert printed, stdout
+    fit = build_cli(mnist_dir, *args, *printed.groups())  # what the user runs next, with the printed flag
+    if finder == "lr":
+        assert value is not None and printed[2] == f"{value:.3g}"
+        (group,) = fit.model.configure_optimizers()["optimizer"].param_groups
+        assert group["max_lr"] == float(printed[2]) != 0.1
+    else:
+        ran = re.search(r"Batch sizes that ran[^:]*: (.*)", stdout)
+        assert ran and value == max(int(size) for size in re.findall(r"(\d+) \(", ran[1]))
+        assert printed.groups() == ("--data.batch_size", str(value))
+        fit.datamodule.prepare_data()
+        fit.datamodule.setup("fit")
+        images, _ = next(iter(fit.datamodule.train_dataloader()))
+        assert len(images) == fit.datamodule.batch_size == value != 32
 
 
 def test_batch_size_finder_reports_only_sizes_that_ran(mnist_dir, tmp_path, capsys):
