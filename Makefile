@@ -9,11 +9,12 @@ help:  ## this list: each target and what it does (`make` alone prints it)
 install:  ## install proj and its dev tools (torch from the pins in pyproject.toml)
 	$(PYTHON) -m pip install -e ".[dev]"
 
-test:  ## the whole suite: unit tests and the slow end-to-end fits
-	$(PYTHON) -m pytest
+WORKERS ?= 2
+test:  ## the whole suite: unit tests and the slow end-to-end fits, in $(WORKERS) processes
+	$(PYTHON) -m pytest -n $(WORKERS) --dist loadscope
 
-test-unit:  ## unit tests only (< 3 minutes on 2 cores)
-	$(PYTHON) -m pytest -m "not slow"
+test-unit:  ## unit tests only (< 3 minutes on 2 cores), in $(WORKERS) processes
+	$(PYTHON) -m pytest -m "not slow" -n $(WORKERS) --dist loadscope
 
 lint:  ## ruff: lint and formatting check (fix the format with `ruff format .`)
 	$(PYTHON) -m ruff check .

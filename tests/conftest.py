@@ -27,6 +27,10 @@ SCHEDULER_CONFIGS = {
     name: CONFIGS / "scheduler" / f"{name}.yaml" for name in ("step", "exponential", "cosine", "plateau", "warmup")
 }
 NUM_TRAIN, NUM_TEST, VAL_SIZE = 600, 200, 100
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test`: a process per core, each of one thread (fits it starts too)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 MNIST_SHAPE: dict[str, Any] = {"input_shape": (1, 28, 28), "num_classes": 10}  # a model for MNISTDataModule
 
 
