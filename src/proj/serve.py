@@ -24,12 +24,14 @@ blank digit. Images of any other size are resized as proj.predict resizes them (
 import base64
 import io
 import json
+import os
 import signal
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
+from types import FrameType
 from typing import Any, Literal
 
 import litserve as ls
@@ -378,6 +380,21 @@ def check_accelerator(accelerator: Accelerator) -> None:
         raise UserError("--accelerator mps: no Apple GPU is available here; use --accelerator cpu (or auto)")
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM (docker stop, systemd, kill) stops the server as Ctrl-C does: LitServe shuts its processes down on a
+    KeyboardInterrupt. The processes LitServe forks from this one (its HTTP servers) keep the default: the signal
+    ends them (uvicorn sends it again to itself once it has closed its connections)."""
+    server = os.getpid()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() == server:
+            raise KeyboardInterrupt
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def run(
     ckpt_path: str | None = None,
     onnx: str | None = None,
@@ -421,7 +438,7 @@ def run(
     litserver = server(served, max_batch_size, batch_timeout, workers, accelerator, max_body_mb, max_images)
     what = served.info["model_class"] or "the model"
     print(f"Serving {what} ({served.runtime}) at http://{host}:{port}/ (POST /predict), ready when GET /health is 200")
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # LitServe's own shutdown, as on Ctrl-C
+    stop_on_sigterm()
     litserver.run(host=host, port=port, generate_client_file=False, log_level="warning")
     print("Stopped.")
 
