@@ -30,6 +30,7 @@ import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
+from importlib.util import find_spec
 from pathlib import Path
 from types import FrameType
 from typing import Any, Literal
@@ -137,6 +138,8 @@ def checkpoint_model(ckpt_path: str, trusted: Sequence[str] = ()) -> Model:
 
 def onnx_model(path: str) -> Model:
     """An ONNX file of proj.export to serve; its data description comes from the file's metadata."""
+    if find_spec("onnxruntime") is None:
+        raise UserError("--onnx needs ONNX Runtime: pip install 'proj[export]'")
     import onnxruntime
 
     if not Path(path).is_file():
@@ -199,20 +202,18 @@ def checked_upload(data: bytes, name: str) -> Upload:
     if not data:
         raise Refused(400, f"{name} is empty (0 bytes): {HOW_TO_SEND}")
     upload = Upload(data, name)
+    too_large = f"over the limit of {MAX_PIXELS // 10**6} megapixels: send it reduced"
     try:
         with Image.open(upload) as image:
             width, height = image.size
-    except Image.DecompressionBombError:
-        width, height = MAX_PIXELS, 2
+    except Image.DecompressionBombError as err:  # Pillow's own limit, far above ours
+        raise Refused(413, f"{name} has more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels, {too_large}") from err
     except (OSError, ValueError, SyntaxError) as err:
         raise Refused(
             422, f"{name} is not an image Pillow can read ({type(err).__name__}): send a PNG, JPEG or BMP file"
         ) from err
     if width * height > MAX_PIXELS:
-        raise Refused(
-            413,
-            f"{name} is {width}x{height} pixels, over the limit of {MAX_PIXELS // 10**6} megapixels: send it reduced",
-        )
+        raise Refused(413, f"{name} is {width}x{height} pixels, {too_large}")
     upload.seek(0)
     return upload
 

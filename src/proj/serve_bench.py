@@ -105,14 +105,15 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def start(server: Server, model_file: Path, port: int) -> subprocess.Popen[bytes]:
-    """The server as a process of its own (its output discarded)."""
+def start(server: Server, model_file: Path, port: int, threads: int) -> subprocess.Popen[bytes]:
+    """The server as a process of its own (its output discarded), its processes computing with `threads` threads."""
     if server == "plain":
         command = ["-c", f"from proj.serve_bench import serve_plainly; serve_plainly({str(model_file)!r}, {port})"]
     else:
         source = "--onnx" if server.startswith("onnx") else "--ckpt_path"
         command = ["-m", "proj.serve", source, str(model_file), "--port", str(port), *FLAGS[server]]
-    return subprocess.Popen([sys.executable, *command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # read by torch and ONNX Runtime alike
+    return subprocess.Popen([sys.executable, *command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
 
 
 async def first_answer(url: str, body: bytes, process: subprocess.Popen[bytes], limit: float = 300) -> None:
@@ -225,12 +226,18 @@ def fitted(model: Model, data_dir: Path, logs: Path, batches: int) -> tuple[Path
 
 
 async def measure(
-    server: Server, model_file: Path, bodies: Sequence[bytes], clients: Sequence[int], seconds: float, warmup: float
+    server: Server,
+    model_file: Path,
+    bodies: Sequence[bytes],
+    clients: Sequence[int],
+    seconds: float,
+    warmup: float,
+    threads: int,
 ) -> dict[str, Any]:
     port = free_port()
     url = f"http://127.0.0.1:{port}/predict"
     began = time.perf_counter()
-    process = start(server, model_file, port)
+    process = start(server, model_file, port, threads)
     try:
         await first_answer(url, bodies[0], process)
         ready = time.perf_counter() - began
@@ -272,6 +279,7 @@ def run(
     seconds: float = 4.0,
     warmup: float = 1.0,
     train_batches: int = 50,
+    threads: int = 1,
     output: str = "bench-serve.json",
 ) -> dict[str, Any]:
     """Measure each server under load, print the table and write it to `output` as JSON.
@@ -284,6 +292,9 @@ def run(
         seconds: how long each number of clients is measured
         warmup: seconds of load before the measurement
         train_batches: batches the models are fitted for
+        threads: compute threads of every server process (OMP_NUM_THREADS); 1 by default: on a 2-core machine
+            shared with the clients (and other work), two OpenMP threads wait for each other whenever one core is
+            taken, which made the CNN's plain server 5x slower here
         output: where the figures are written as JSON
     """
     with tempfile.TemporaryDirectory(prefix="proj-serve-bench-") as scratch:
@@ -295,15 +306,12 @@ def run(
         results: dict[str, list[dict[str, Any]]] = {}
         for model in models:
             checkpoint, exported = fitted(model, data, Path(scratch) / "logs", train_batches)
+            files = {server: exported if server.startswith("onnx") else checkpoint for server in servers}
             results[model] = [
-                asyncio.run(
-                    measure(
-                        server, exported if server.startswith("onnx") else checkpoint, bodies, clients, seconds, warmup
-                    )
-                )
+                asyncio.run(measure(server, files[server], bodies, clients, seconds, warmup, threads))
                 for server in servers
             ]
-    machine = {"cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    machine = {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": threads, "load": os.getloadavg()}
     figures = {"machine": machine, "seconds": seconds, "warmup": warmup, "results": results}
     report(results)
     Path(output).write_text(json.dumps(figures, indent=2))
