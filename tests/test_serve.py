@@ -119,7 +119,7 @@ def test_mlp_answers_as_predict_and_describes_itself(mlp_client, checkpoints, tm
     assert info["data"]["digits"] is True and info["data"]["mean"] == pytest.approx([0.1307])
     assert info["max_images"] == LIMITS["max_images"]
     page = mlp_client.get("/")
-    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert page.status_code == 200 and page.headers.get("content-type", "").startswith("text/html")
     assert '<form id="upload" action="/predict"' in page.text and 'name="image" type="file"' in page.text
 
 
