@@ -45,3 +45,12 @@ tensorboard:  ## TensorBoard on the runs in logs/
 
 clean:  ## remove logs/, the bench JSON files and the tools' caches
 	rm -rf logs bench.json bench-cache.json bench-growth.json .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: serve bench-serve
+PORT ?= 8000
+serve:  ## serve CKPT=<a .ckpt> over HTTP on 127.0.0.1:$(PORT): POST /predict, GET /health and /info, a page at /
+	@test -n "$(CKPT)" || { echo "error: name the checkpoint: make serve CKPT=logs/cnn/version_0/checkpoints/last.ckpt" >&2; exit 2; }
+	$(PYTHON) -m proj.serve --ckpt_path $(CKPT) --port $(PORT)
+
+bench-serve:  ## requests/s and p50/p99 latency of proj.serve (batching on/off, PyTorch/ONNX) vs a plain server, MLP and CNN
+	$(PYTHON) -m proj.serve_bench --data_dir $(DATA) --output bench-serve.json

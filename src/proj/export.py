@@ -77,6 +77,22 @@ def metadata(model: ImageClassifier, data: dict[str, Any] | None = None) -> dict
     }
 
 
+def stored_description(properties: dict[str, str], source: str) -> dict[str, Any]:
+    """The data description that `metadata` stored in an exported file, read back (and checked: data_description);
+    a file without it (not written by proj.export) is a UserError."""
+    try:
+        description = {
+            key: json.loads(properties[f"proj.{key}"]) for key in ("input_shape", "class_names", "mean", "std")
+        }
+        description["digits"] = properties["proj.preprocess"] == "digit"
+    except (KeyError, ValueError) as err:
+        raise UserError(
+            f"{source} does not hold proj's metadata ({type(err).__name__}: {err}): export the checkpoint with "
+            "python -m proj.export --format onnx"
+        ) from err
+    return data_description(None, description, source=source)
+
+
 def export_onnx(model: ImageClassifier, path: Path, data: dict[str, Any] | None = None) -> None:
     """ONNX with a dynamic batch dimension named "batch", weights in the file itself; `data` (default: the model's
     data_description) goes into its metadata."""

@@ -99,11 +99,12 @@ def read_data_option(value: str) -> dict[str, Any]:
 
 
 def data_description(
-    model: nn.Module, description: Mapping[str, Any] | None = None, source: str = "the model"
+    model: nn.Module | None, description: Mapping[str, Any] | None = None, source: str = "the model"
 ) -> dict[str, Any]:
     """The data the model was trained on, checked against the model: `description` if given, else the model's
-    own `data_description` (from its checkpoint). Keys: input_shape [C, H, W], class_names, mean and std (one per
-    channel), digits (bool). A model without one, or one that does not fit, is a UserError saying how to fix it.
+    own `data_description` (from its checkpoint); `model` None (an exported file, which holds `description`): only
+    the description's own checks. Keys: input_shape [C, H, W], class_names, mean and std (one per channel), digits
+    (bool). A model without one, or one that does not fit, is a UserError saying how to fix it.
     """
     if description is None:
         description = getattr(model, "data_description", None)
@@ -191,19 +192,34 @@ def predict_files(
         if not images:
             continue
         with torch.inference_mode():
-            probabilities = model(torch.stack(images).to(target)).float().softmax(dim=1).cpu()
-        if probabilities.shape[1] != len(names):
-            raise UserError(
-                f"the model gives {probabilities.shape[1]} class scores, but its data description names "
-                f"{len(names)} classes: pass the description of the data it was trained on"
-            )
-        confidences, predictions = probabilities.max(dim=1)
-        for row, probs, index, confidence in zip(
-            predicted, probabilities.tolist(), predictions.tolist(), confidences.tolist(), strict=True
-        ):
-            row.update({"prediction": names[index], "class_index": index, "confidence": confidence})
-            row.update({f"p{name}": value for name, value in zip(names, probs, strict=True)})
+            logits = model(torch.stack(images).to(target))
+        for row, answer in zip(predicted, answers(logits, names), strict=True):
+            row.update({key: answer[key] for key in ("prediction", "class_index", "confidence")})
+            row.update({f"p{name}": value for name, value in answer["probabilities"].items()})
     return rows
+
+
+def answers(logits: torch.Tensor, names: Sequence[str]) -> list[Row]:
+    """Per image of a batch of class scores (B, classes): its prediction (class name), class_index, confidence
+    (that class's probability) and probabilities by class name: what proj.predict writes and proj.serve answers."""
+    if logits.shape[1] != len(names):
+        raise UserError(
+            f"the model gives {logits.shape[1]} class scores, but its data description names "
+            f"{len(names)} classes: pass the description of the data it was trained on"
+        )
+    probabilities = logits.float().softmax(dim=1).cpu()
+    confidences, predictions = probabilities.max(dim=1)
+    return [
+        {
+            "prediction": names[index],
+            "class_index": index,
+            "confidence": confidence,
+            "probabilities": dict(zip(names, probs, strict=True)),
+        }
+        for probs, index, confidence in zip(
+            probabilities.tolist(), predictions.tolist(), confidences.tolist(), strict=True
+        )
+    ]
 
 
 def write_csv(rows: list[Row], path: Path, header: list[str] | None = None) -> None:

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ SUFFIXES = tuple(suffix for suffix in IMG_EXTENSIONS if suffix in Image.register
 
 Preprocess = Literal["auto", "digit", "resize", "none"]
 PREPROCESS: tuple[Preprocess, ...] = ("auto", "digit", "resize", "none")
-Source = str | Path | Image.Image
+Source = str | Path | Image.Image | BinaryIO  # a file's path, a decoded image, or an open binary file
 
 
 def image_files(folder: Path, skipped: list[Path] | None = None) -> list[Path]:
@@ -74,7 +74,7 @@ def say_skipped(skipped: Sequence[Path]) -> None:
     rank_zero_info(f"Skipped {files} proj reads: {listed} (readable suffixes: {', '.join(SUFFIXES)}).")
 
 
-def read_gray(source: str | Path | Image.Image) -> Tensor:
+def read_gray(source: Source) -> Tensor:
     """The image as grayscale (H, W) floats in [0, 1]; colour, alpha, bit depth and EXIF rotation dealt with.
 
     A transparent background (a canvas drawing) is filled with the shade that contrasts with what is drawn
@@ -89,7 +89,8 @@ def read_gray(source: str | Path | Image.Image) -> Tensor:
 
 @contextmanager
 def _opened(source: Source) -> Iterator[Image.Image]:
-    """The image (a file opened, or a PIL image as given); Pillow's "bad file" errors become a UserError naming it."""
+    """The image (a file opened, or a PIL image as given); Pillow's "bad file" errors become a UserError naming it
+    (an open file by its `repr`)."""
     try:
         if isinstance(source, Image.Image):
             yield source
