@@ -44,8 +44,9 @@ tensorboard:  ## TensorBoard on the runs in logs/
 
 .PHONY: mlflow-server
 MLFLOW_PORT ?= 5000
+MLFLOW_WORKERS ?= 4
 mlflow-server:  ## MLflow's tracking server on 127.0.0.1:$(MLFLOW_PORT): runs in mlflow.db (SQLite), artifacts in mlartifacts/
-	$(PYTHON) -m mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \
+	$(PYTHON) -m mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) --workers $(MLFLOW_WORKERS) \
 		--backend-store-uri sqlite:///mlflow.db --artifacts-destination ./mlartifacts
 
 clean:  ## remove logs/, the bench JSON files and the tools' caches

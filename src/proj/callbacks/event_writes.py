@@ -4,6 +4,7 @@ stopped) costs the curves, not the run."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 from collections.abc import Callable
@@ -22,6 +23,7 @@ class _Dropped:
 
 
 DROPPED = _Dropped()
+_REPORTING = threading.Lock()
 TENSORBOARD_FIX = " Free space there for later runs."
 
 
@@ -107,8 +109,13 @@ class EventWriteFailures(Callback):
         return guarded
 
     def _report(self, err: Exception, what: str, fix: str) -> None:
-        self.failed = True
-        reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[0]
+        with _REPORTING:  # writes fail together on the training and the figures' threads: one line
+            if self.failed:
+                return
+            self.failed = True
+        # A refused connection is deep in MLflow's message (an API request failed, after retries, because...).
+        errno = re.search(r"\[Errno \d+\] ([^\"')]+)", str(err))
+        reason = getattr(err, "strerror", None) or (errno.group(1) if errno else str(err).strip().splitlines()[0])
         print(
             f"warning: {what} ({reason}): the run goes on, but its curves and figures from here on are lost.{fix}",
             file=sys.stderr,
