@@ -4,7 +4,13 @@ whose package is missing fails before the run writes anything."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import struct
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,10 +18,11 @@ import yaml
 from mlflow import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
+from wandb.proto import wandb_internal_pb2
 
 import proj.cli
 import proj.fit
-from conftest import CONFIGS, run_fit, tiny_run_args, user_error
+from conftest import CONFIGS, ROOT, run_fit, tiny_run_args, user_error
 
 MLFLOW = "lightning.pytorch.loggers.MLFlowLogger"
 
@@ -125,3 +132,53 @@ def test_a_tracker_without_its_package_is_one_line_naming_the_extra(mnist_dir, t
         f"pip install -e '.[{extra}]'"
     ]
     assert list(tmp_path.iterdir()) == []
+
+
+def wandb_records(path: Path) -> Iterator[wandb_internal_pb2.Record]:
+    """The records of a W&B run file (run-<id>.wandb): a LevelDB-style log of 32 KiB blocks, each record in chunks
+    with a 7-byte header (checksum, length, type), after the file's own 7-byte header."""
+    data, block, position, chunk = path.read_bytes(), 32768, 7, b""
+    while position + 7 <= len(data):
+        if block - position % block < 7:  # a block's tail too short for a header is padding
+            position += block - position % block
+            continue
+        length, kind = struct.unpack("<HB", data[position + 4 : position + 7])
+        chunk += data[position + 7 : position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):  # a whole record, or its last chunk
+            yield wandb_internal_pb2.Record.FromString(chunk)
+            chunk = b""
+
+
+@pytest.mark.slow
+def test_wandb_offline_keeps_history_and_config_in_the_run_folder_without_a_login(mnist_dir, tmp_path):
+    preset = ["--config", str(CONFIGS / "logger" / "wandb.yaml"), "--model", "MLPClassifier"]
+    env = {key: value for key, value in os.environ.items() if not key.startswith("WANDB_")}
+    env.update(WANDB_MODE="offline", HOME=str(tmp_path), PYTHONPATH=str(ROOT / "src"))  # no account, no network
+    result = subprocess.run(
+        [sys.executable, "-m", "proj.fit", *tiny_run_args(mnist_dir, tmp_path / "logs", *preset)],
+        stdin=subprocess.DEVNULL,  # a login prompt would fail to read it
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not re.search(r"login|api key", result.stdout + result.stderr, re.IGNORECASE)
+    run = tmp_path / "logs" / "mnist" / "version_0"
+    assert run_files(run) == {"config.yaml", "run.yaml", "checkpoints/last.ckpt"}
+    (run_file,) = run.glob("wandb/offline-run-*/run-*.wandb")  # W&B's files in the run folder
+    history, config = [], {}
+    for record in wandb_records(run_file):
+        if record.HasField("history"):
+            history.append({item.key or item.nested_key[0]: item.value_json for item in record.history.item})
+        elif record.HasField("config"):
+            config.update({item.key or item.nested_key[0]: item.value_json for item in record.config.update})
+        elif record.HasField("run"):
+            assert record.run.display_name == "mnist/version_0"
+    assert len([row["val/acc"] for row in history if "val/acc" in row]) == 2  # one a epoch
+    assert len([row["test/acc"] for row in history if "test/acc" in row]) == 1
+    assert {"val/predictions", "val/confusion_matrix"} <= {key for row in history for key in row}
+    assert isinstance(json.loads(config["batch_norm"]), bool) and "_instantiator" not in config  # a boolean stays one
+    assert json.loads(config["config"]) == yaml.safe_load((run / "config.yaml").read_text())
