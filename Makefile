@@ -43,6 +43,13 @@ notebooks:  ## execute notebooks/*.ipynb (outputs are not saved) on MNIST in $(D
 tensorboard:  ## TensorBoard on the runs in logs/
 	$(PYTHON) -m tensorboard.main --logdir logs
 
+.PHONY: mlflow-server
+MLFLOW_PORT ?= 5000
+MLFLOW_WORKERS ?= 4
+mlflow-server:  ## MLflow's tracking server on 127.0.0.1:$(MLFLOW_PORT): runs in mlflow.db (SQLite), artifacts in mlartifacts/
+	$(PYTHON) -m mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) --workers $(MLFLOW_WORKERS) \
+		--backend-store-uri sqlite:///mlflow.db --artifacts-destination ./mlartifacts
+
 clean:  ## remove logs/, the bench JSON files and the tools' caches
 	rm -rf logs bench.json bench-cache.json bench-growth.json .pytest_cache .mypy_cache .ruff_cache
 

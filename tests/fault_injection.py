@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -105,3 +106,22 @@ if __name__ == "__main__":  # python fault_injection.py NTH_LAST|slow_versions [
         import proj.fit
 
         proj.fit.main(sys.argv[2:])
+
+
+class KillAt(Callback):
+    """Kills the process group `pgid` (a server and its workers) after validation epoch `epoch`, and waits until
+    `port` refuses connections."""
+
+    def __init__(self, epoch: int, pgid: int, port: int) -> None:
+        self.epoch, self.pgid, self.port = epoch, pgid, port
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.current_epoch != self.epoch or trainer.sanity_checking:
+            return
+        os.killpg(self.pgid, signal.SIGKILL)
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            except OSError:
+                return
+            time.sleep(0.1)

@@ -118,6 +118,17 @@ def unknown_key_config(tmp_path: Path, logs: Path) -> Path:
     return config
 
 
+def deleted_mlflow_experiment(tmp_path: Path, logs: Path) -> list[str]:
+    """An MLflow store whose experiment 'gone' was deleted (MLflow keeps it, and its name)."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    client.delete_experiment(client.create_experiment("gone"))
+    flags = ["--trainer.logger", "MLFlowLogger", "--trainer.logger.init_args.tracking_uri", uri]
+    return [*flags, "--trainer.logger.init_args.experiment_name", "gone"]
+
+
 # (flags, or a function of (tmp_path, existing logs) giving them; words the one-line message must contain)
 CATALOGUE = {
     "unknown model": (["--model", "NoSuchNet"], ["NoSuchNet", "MLPClassifier or CNNClassifier"]),
@@ -246,6 +257,22 @@ CATALOGUE = {
     "checkpoint of another input shape": (
         folder_checkpoint_of_other_size,
         ["ImageFolderDataModule (3x32x32, 3 classes)", "data is ImageFolderDataModule (3x16x16", "input shape differs"],
+    ),
+    "unknown logger": (
+        ["--trainer.logger", "NoSuchLogger"],
+        ["--trainer.logger NoSuchLogger: no such class", "MLFlowLogger", "configs/logger/"],
+    ),
+    "MLflow server that cannot be reached": (
+        ["--trainer.logger", "MLFlowLogger", "--trainer.logger.init_args.tracking_uri", "http://127.0.0.1:9"],
+        ["MLflow server http://127.0.0.1:9 cannot be reached", "make mlflow-server", "tracking_uri"],
+    ),
+    "deleted MLflow experiment": (
+        deleted_mlflow_experiment,
+        ["experiment 'gone' was deleted", "mlflow experiments restore", "--trainer.logger.init_args.experiment_name"],
+    ),
+    "W&B project name W&B refuses": (
+        ["--trainer.logger", "WandbLogger", "--trainer.logger.init_args.project", "my/project"],
+        ["--trainer.logger.init_args.project", "'my/project'", "cannot contain", "choose another name"],
     ),
 }
 if not torch.cuda.is_available():

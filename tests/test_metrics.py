@@ -3,27 +3,31 @@
 from __future__ import annotations
 
 import functools
+import math
 import threading
 from fractions import Fraction
 from typing import Any
 
 import lightning.pytorch.cli
+import numpy
 import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule, Trainer
-from matplotlib.figure import Figure
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
-from torchvision.utils import make_grid
 
 import proj.callbacks.confusion_matrix
+import proj.callbacks.figures
 import proj.callbacks.prediction_grid
 from conftest import quick_trainer
 from proj.callbacks import ConfusionMatrix, PredictionGrid
-from proj.callbacks.confusion_matrix import confusion_figure
-from proj.callbacks.prediction_grid import prediction_figure
+from proj.callbacks.confusion_matrix import cell_colour, confusion_figure
+from proj.callbacks.figures import Drawing
+from proj.callbacks.prediction_grid import CAPTION, MIN_SIDE, MISTAKE, RIGHT, prediction_figure
 from proj.errors import UserError
 from proj.models import ImageClassifier, MLPClassifier
 from proj.models.base import per_class_table
@@ -172,46 +176,58 @@ def test_plateau_refuses_train_l1_without_a_penalty():
         model.configure_optimizers()
 
 
-def tick_labels(figure: Figure) -> tuple[list[str], list[str]]:
-    axes = figure.axes[0]
-    return [t.get_text() for t in axes.get_xticklabels()], [t.get_text() for t in axes.get_yticklabels()]
-
-
 def test_confusion_figure_is_labelled_with_class_names():
     fashion = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
     matrix = torch.randint(0, 1000, (10, 10))
-    figure = confusion_figure(matrix, fashion)
-    assert tick_labels(figure) == (fashion, fashion)
-    axes = figure.axes[0]
-    assert max(label.get_fontsize() for label in axes.get_xticklabels() + axes.get_yticklabels()) <= 8
-    assert sorted(int(text.get_text()) for text in axes.texts) == sorted(matrix.flatten().tolist())  # the counts
+    drawing = confusion_figure(matrix, fashion)
+    texts = [text for text, _ in drawing.texts]
+    assert [text for text in texts if text in fashion] == [name for name in fashion for _ in ("row", "column")]
+    counts = [(int(text), xy) for text, xy in drawing.texts if text.isdigit()]
+    assert [value for value, _ in counts] == matrix.flatten().tolist()  # row by row, one in each cell
+    (x0, _), (x1, _) = counts[0][1], counts[1][1]
+    side, largest = round(x1 - x0), int(matrix.max())
+    for value, (x, y) in counts:  # each cell shaded by its count: the largest darkest
+        corner = drawing.canvas.getpixel((round(x - side / 2) + 2, round(y - side / 2) + 2))
+        assert corner == cell_colour(value / largest), (value, corner)
+    assert cell_colour(1.0) == (8, 48, 107) and cell_colour(0.0) == (255, 255, 255)
+    width, height = drawing.canvas.size
+    assert all(0 <= x < width and 0 <= y < height for _, (x, y) in drawing.texts)
 
 
-class Writer:
-    """Stands in for TensorBoard's SummaryWriter: keeps the figures."""
-
-    def __init__(self) -> None:
-        self.figures: dict[str, Figure] = {}
-
-    def add_figure(self, tag: str, figure: Figure, global_step: int) -> None:
-        self.figures[tag] = figure
+def recorded(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[Drawing]:
+    """Every drawing `module.name` makes from now on."""
+    drawings, real = [], getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *args, **kwargs: drawings.append(real(*args, **kwargs)) or drawings[-1])
+    return drawings
 
 
-def test_callbacks_draw_class_names_and_colour(monkeypatch):
-    writer = Writer()
-    for module in (proj.callbacks.confusion_matrix, proj.callbacks.prediction_grid):
-        monkeypatch.setattr(module, "tensorboard_writer", lambda trainer: writer)
+def tensorboard_images(log_dir: str) -> dict[str, tuple[int, int]]:
+    """The (width, height) of the last image TensorBoard holds under each tag."""
+    events = EventAccumulator(log_dir, size_guidance={"images": 0})
+    events.Reload()
+    return {tag: (events.Images(tag)[-1].width, events.Images(tag)[-1].height) for tag in events.Tags()["images"]}
+
+
+def test_callbacks_draw_class_names_and_colour(monkeypatch, tmp_path):
+    matrices = recorded(monkeypatch, proj.callbacks.confusion_matrix, "confusion_figure")
+    grids = recorded(monkeypatch, proj.callbacks.prediction_grid, "prediction_figure")
     callbacks = [ConfusionMatrix(), PredictionGrid(num_images=6)]
-    quick_trainer(limit_val_batches=None, callbacks=callbacks).validate(scripted(), datamodule=NamedData())
+    logger = TensorBoardLogger(tmp_path, name="")
+    quick_trainer(limit_val_batches=None, callbacks=callbacks, logger=logger).validate(
+        scripted(), datamodule=NamedData()
+    )
 
-    assert tick_labels(writer.figures["val/confusion_matrix"]) == (list(NAMES), list(NAMES))
-    cells = {int(text.get_text()) for text in writer.figures["val/confusion_matrix"].axes[0].texts}
-    assert cells == {0, 1, 2}  # ten images in all: the counts of the whole epoch
-
-    grid = writer.figures["val/predictions"].axes[0]
-    assert grid.images[0].get_array().shape[-1] == 3  # (H, W, RGB): in colour
-    titles = [text.get_text() for text in grid.texts]
-    assert titles == [f"{p} ({q})" for p, q in zip(*short(PREDS[:4], LABELS[:4]), strict=True)]  # first batch: 4
+    texts = [text for text, _ in matrices[0].texts]
+    assert [text for text in texts if text in NAMES] == [name for name in NAMES for _ in ("row", "column")]
+    assert sorted({int(text) for text in texts if text.isdigit()}) == [0, 1, 2]  # ten images: the whole epoch
+    captions = [text for text, _ in grids[0].texts[1:]]
+    assert captions == [f"{p} ({q})" for p, q in zip(*short(PREDS[:4], LABELS[:4]), strict=True)]  # first batch: 4
+    pixels = torch.as_tensor(numpy.asarray(grids[0].canvas)).float()
+    assert (pixels[..., 0] - pixels[..., 2]).abs().max() > 50  # in colour
+    assert tensorboard_images(logger.log_dir) == {  # as drawn, in TensorBoard's IMAGES tab
+        "val/confusion_matrix": matrices[0].canvas.size,
+        "val/predictions": grids[0].canvas.size,
+    }
 
 
 def short(preds: Tensor, labels: Tensor) -> tuple[list[str], list[str]]:
@@ -226,30 +242,44 @@ def test_prediction_figure_shows_colour_images_as_stored():
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
     normalised = (stored - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
     preds, labels = torch.tensor([0, 1, 2, 3, 0]), torch.tensor([0, 1, 2, 0, 3])
-    figure = prediction_figure(normalised, labels, preds, columns=4, names=NAMES, mean=mean, std=std)
-    shown = torch.as_tensor(figure.axes[0].images[0].get_array())
-    torch.testing.assert_close(shown, make_grid(stored, nrow=4, padding=4).permute(1, 2, 0), atol=1e-5, rtol=0)
-    texts = figure.axes[0].texts
-    assert [text.get_text() for text in texts] == [
+    drawing = prediction_figure(normalised, labels, preds, columns=4, names=NAMES, mean=mean, std=std)
+    assert [text for text, _ in drawing.texts[1:]] == [
         "T-shirt… (T-shirt…)",
         "Trouser (Trouser)",
         "Ankle b… (Ankle b…)",
         "Bag (T-shirt…)",
         "T-shirt… (Bag)",
     ]
-    assert [text.get_bbox_patch().get_facecolor()[:3] for text in texts][2:4] == [(0, 0, 0), (1, 0, 0)]  # red: wrong
-    # without names or normalisation: indices, and the grid stretched to its full range, grayscale kept as such
+    # Each image enlarged by a whole factor (to about 64 pixels), centred above its caption, its pixels as stored.
+    scale = math.ceil(MIN_SIDE / 9)
+    pixels = torch.as_tensor(numpy.asarray(drawing.canvas)).permute(2, 0, 1)
+    shown, backgrounds = [], []
+    for _, (x, y) in drawing.texts[1:]:  # each caption's centre
+        left, top = round(x) - 9 * scale // 2, round(y) - CAPTION // 2 - 7 * scale
+        shown.append(pixels[:, top : top + 7 * scale : scale, left : left + 9 * scale : scale])
+        backgrounds.append(tuple(pixels[:, top + 7 * scale + 1, left + 1].tolist()))
+    torch.testing.assert_close(torch.stack(shown), stored.mul(255).round().byte(), atol=0, rtol=0)
+    assert backgrounds == [RIGHT, RIGHT, RIGHT, MISTAKE, MISTAKE]  # red: wrong
+    # without names or normalisation: indices, and the images stretched to their full range, in gray
     plain = prediction_figure(torch.randn(3, 1, 5, 5), torch.arange(3), torch.arange(3))
-    assert [text.get_text() for text in plain.axes[0].texts] == ["0 (0)", "1 (1)", "2 (2)"]
-    assert plain.axes[0].images[0].get_array().ndim == 2
+    assert [text for text, _ in plain.texts[1:]] == ["0 (0)", "1 (1)", "2 (2)"]
+    gray = torch.as_tensor(numpy.asarray(plain.canvas)).permute(2, 0, 1)
+    assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
+    side, cells = 5 * math.ceil(MIN_SIDE / 5), []
+    for _, (x, y) in plain.texts[1:]:
+        bottom, left = round(y) - CAPTION // 2, round(x) - side // 2
+        cells.append(gray[0, bottom - side : bottom, left : left + side])
+    assert (torch.stack(cells).min().item(), torch.stack(cells).max().item()) == (0, 255)  # the batch's range
 
 
-def test_figures_are_drawn_off_the_training_loop_and_all_written_by_the_end(monkeypatch):
-    """Drawing takes 0.1-0.3 s a figure: the validation hook returns before its figure is drawn (the drawing
-    waits for the hook's return here, so a hook that drew itself would find it never came), and every epoch's
-    figure is in the writer when the run ends (FigureCallback waits in teardown)."""
-    writer, steps, drawn_inside_the_hook = Writer(), [], []
-    writer.add_figure = lambda tag, figure, global_step: steps.append((tag, global_step))  # type: ignore[method-assign]
+def test_figures_are_drawn_off_the_training_loop_and_all_written_by_the_end(monkeypatch, tmp_path):
+    """Drawing and sending (to a tracker's server, maybe) happen off the loop: the validation hook returns before
+    its figure is drawn (the drawing waits for the hook's return here, so a hook that drew itself would find it
+    never came), and every epoch's figure is with the loggers when the run ends (FigureCallback waits in teardown)."""
+    steps, drawn_inside_the_hook = [], []
+    monkeypatch.setattr(
+        proj.callbacks.figures, "log_image", lambda loggers, tag, image, step: steps.append((tag, step, image.dtype))
+    )
     real = proj.callbacks.confusion_matrix.confusion_figure
     hook_returned = threading.Event()
 
@@ -257,7 +287,6 @@ def test_figures_are_drawn_off_the_training_loop_and_all_written_by_the_end(monk
         drawn_inside_the_hook.append(not hook_returned.wait(timeout=5))
         return real(matrix, names)
 
-    monkeypatch.setattr(proj.callbacks.confusion_matrix, "tensorboard_writer", lambda trainer: writer)
     monkeypatch.setattr(proj.callbacks.confusion_matrix, "confusion_figure", after_the_hook)
 
     class Watched(ConfusionMatrix):
@@ -267,8 +296,17 @@ def test_figures_are_drawn_off_the_training_loop_and_all_written_by_the_end(monk
             hook_returned.set()
 
     for _ in range(2):
-        quick_trainer(limit_val_batches=None, callbacks=[Watched()], max_epochs=1).validate(
-            scripted(), datamodule=NamedData()
+        trainer = quick_trainer(
+            limit_val_batches=None, callbacks=[Watched()], max_epochs=1, logger=TensorBoardLogger(tmp_path)
         )
+        trainer.validate(scripted(), datamodule=NamedData())
     assert drawn_inside_the_hook == [False, False]
-    assert steps == [("val/confusion_matrix", 0), ("val/confusion_matrix", 0)]
+    assert steps == [("val/confusion_matrix", 0, torch.uint8), ("val/confusion_matrix", 0, torch.uint8)]
+
+
+def test_figures_skip_loggers_without_images(monkeypatch, tmp_path):
+    """A CSV logger alone takes no images: nothing is drawn."""
+    matrices = recorded(monkeypatch, proj.callbacks.confusion_matrix, "confusion_figure")
+    trainer = quick_trainer(limit_val_batches=None, callbacks=[ConfusionMatrix()], logger=CSVLogger(tmp_path))
+    trainer.validate(scripted(), datamodule=NamedData())
+    assert matrices == []

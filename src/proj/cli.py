@@ -40,11 +40,13 @@ from proj.models import ImageClassifier
 from proj.runs import (
     RunFolder,
     checkpoint_file,
-    continue_in_its_run,
+    continued_run,
     find_last_checkpoint,
     name_runs_after_data,
     with_run_config,
 )
+from proj.trackers import check_loggers
+from proj.trainer import RunTrainer
 
 DEFAULTS = {
     "model": {"class_path": "proj.models.CNNClassifier"},
@@ -118,6 +120,7 @@ class ProjCLI(LightningCLI):
         super().__init__(
             ImageClassifier,
             ImageDataModule,
+            trainer_class=RunTrainer,
             subclass_mode_model=True,
             subclass_mode_data=True,
             seed_everything_default=42,
@@ -204,14 +207,16 @@ class ProjCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config if self.subcommand is None else self.config[self.subcommand]
         self._drop_disabled_callbacks(config.trainer)
+        continues = None
         if self.subcommand == "fit":
-            self._continue_run(config)
+            continues = self._continue_run(config)
         elif config.get("weights_from") is not None:
             raise UserError(
                 f"--weights_from starts a fit from a checkpoint's weights; {self.subcommand} takes them from "
                 "--ckpt_path: pass one of them."
             )
-        self.run_folder = RunFolder(config)
+        check_loggers(config)
+        self.run_folder = RunFolder(config, continues)
 
     @staticmethod
     def _drop_disabled_callbacks(trainer: Namespace) -> None:
@@ -229,8 +234,8 @@ class ProjCLI(LightningCLI):
             if not any(str(getattr(callback, "class_path", "")).endswith(name) for name in disabled)
         ]
 
-    def _continue_run(self, config: Namespace) -> None:
-        """Which run this fit continues (recorded in run.yaml), or which weights it starts from."""
+    def _continue_run(self, config: Namespace) -> Path | None:
+        """The run folder this fit continues in (recorded in run.yaml), if any, or which weights it starts from."""
         if config.get("weights_from") is not None:
             if config.get("ckpt_path") is not None:
                 raise UserError(
@@ -238,25 +243,28 @@ class ProjCLI(LightningCLI):
                     "checkpoint's own run: pass one of them."
                 )
             self.save_config_kwargs["weights_from"] = str(config.weights_from)
-        if continue_in_its_run(config):
+        if (run := continued_run(config)) is not None:
             checkpoint = self.checkpoint or {}
             self.save_config_kwargs["continues"] = {
                 "path": str(config.ckpt_path),
                 "epoch": checkpoint.get("epoch"),
                 "global_step": checkpoint.get("global_step"),
             }
+        return run
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
+        assert isinstance(trainer, RunTrainer)
+        if self.run_folder is not None and self.run_folder.path is not None:
+            trainer.run_dir = str(self.run_folder.path)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default; keep one a user chose
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
 
     def _check_before_run(self) -> None:
         """Inputs that would fail only once the run has started (and written its folder) fail now."""
-        if self.run_folder is not None and self.run_folder.created:
-            # The logger has its folder; a config.yaml naming it would send a rerun there too.
-            self.config[self.subcommand].trainer.logger.init_args.version = None
+        if self.run_folder is not None:  # the loggers have their run; a config.yaml naming it would send a rerun there
+            self.run_folder.unname()
         assert isinstance(self.datamodule, ImageDataModule)
         self.datamodule.check()
         if self.checkpoint is not None:

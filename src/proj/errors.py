@@ -56,6 +56,7 @@ CLASS_HINTS = {
     "data": "MNISTDataModule, FashionMNISTDataModule, CIFAR10DataModule or ImageFolderDataModule (or an import path)",
     "optimizer": "a torch.optim class such as SGD, Adam or AdamW",
     "scheduler": "a torch.optim.lr_scheduler class such as StepLR or CosineAnnealingLR, or proj.schedulers.WarmupDecay",
+    "logger": "TensorBoardLogger, CSVLogger, MLFlowLogger or WandbLogger (or an import path; presets: configs/logger/)",
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -16,6 +18,13 @@ class ResumableCheckpoint(ModelCheckpoint):
     methods: lightning is pinned below 2.7, and tests/test_upstream.py fails when the upstream behaviour
     changes (then this class can go).
     """
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # In the run folder whatever the loggers (RunTrainer.log_dir): Lightning's own choice is the first logger's
+        # save_dir/name/version, which for MLflow is <mlruns>/<experiment id>/<run id> or the working folder.
+        if self.dirpath is None and trainer.loggers and (log_dir := trainer.log_dir) is not None:
+            self.dirpath = os.path.join(log_dir, "checkpoints")
+        super().setup(trainer, pl_module, stage)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)

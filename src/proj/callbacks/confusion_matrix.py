@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
-from matplotlib.figure import Figure
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
-from torchmetrics.utilities.plot import plot_confusion_matrix
 
-from proj.callbacks.tensorboard import FigureCallback, tensorboard_writer
+from proj.callbacks.figures import Drawing, FigureCallback, font
 from proj.models.base import ImageClassifier
 
 
@@ -39,28 +38,40 @@ class ConfusionMatrix(FigureCallback):
         self.matrix.update(outputs["preds"], batch[1])
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        writer = tensorboard_writer(trainer)
-        if trainer.sanity_checking or writer is None:
+        if trainer.sanity_checking or not self.shows_figures(trainer):
             return
         assert isinstance(pl_module, ImageClassifier)  # its classes' names label the axes
         matrix, names = self.matrix.compute().cpu().clone(), pl_module.class_names()
-        self.log_figure(writer, "val/confusion_matrix", lambda: confusion_figure(matrix, names), trainer.global_step)
+        self.log_figure(trainer, "val/confusion_matrix", lambda: confusion_figure(matrix, names), trainer.global_step)
 
 
-def confusion_figure(matrix: Tensor, names: list[str]) -> Figure:
-    """The (C, C) matrix of counts (rows: label, columns: prediction) as a figure, labelled with `names`."""
-    count = len(names)
-    figure = Figure(figsize=(6, 6))
-    axes = figure.add_subplot()
-    # What MulticlassConfusionMatrix.plot draws; its fonts suit a few short labels, so they are made smaller below.
-    plot_confusion_matrix(matrix.cpu(), ax=axes, add_text=count <= 20, labels=names)
-    small = 7 if max(map(len, names)) > 4 or count > 10 else 9  # 10 names like 'T-shirt/top' side by side
-    axes.set_xticks(range(count), names, rotation=45 if count > 2 else 0, ha="right", rotation_mode="anchor")
-    axes.set_yticks(range(count), names, rotation=0)
-    axes.tick_params(labelsize=small)
-    axes.xaxis.label.set_fontsize(9)
-    axes.yaxis.label.set_fontsize(9)
-    for text in axes.texts:  # the counts in the cells
-        text.set_fontsize(small)
-    figure.tight_layout()
-    return figure
+def cell_colour(share: float) -> tuple[int, int, int]:
+    """White for none, dark blue for the largest count (matplotlib's "Blues" from end to end)."""
+    return tuple(round(255 + share * (dark - 255)) for dark in (8, 48, 107))  # type: ignore[return-value]
+
+
+def confusion_figure(matrix: Tensor, names: list[str]) -> Drawing:
+    """The (C, C) matrix of counts (rows: label, columns: prediction) drawn: cells shaded by count, the counts
+    written in them (up to 20 classes), rows and columns labelled with `names`."""
+    count, counts = len(names), matrix.cpu().long()
+    side = max(16, min(40, 400 // max(count, 1)))  # a cell's pixels
+    size = 11 if side >= 28 else 9
+    name_width = math.ceil(max(font(size).getlength(name) for name in names)) + 8
+    left, top = name_width + 18, name_width + 36  # the row names, and the column names (upright) above the cells
+    drawing = Drawing(left + count * side + 8, top + count * side + 8)
+    drawing.text((4, 2), "rows: label, columns: prediction", 12)
+    drawing.text((left + count * side / 2, 20), "prediction", 12, anchor="mt")
+    drawing.upright_text((2, top + count * side // 2 - 30), "label", 60, 14, 12)
+    largest = max(int(counts.max()), 1)
+    for row in range(count):
+        drawing.text((left - 4, top + row * side + side / 2), names[row], size, anchor="rm")
+        drawing.upright_text((left + row * side, top - name_width), names[row], name_width, side, size)
+        for column in range(count):
+            value, x, y = int(counts[row, column]), left + column * side, top + row * side
+            drawing.draw.rectangle(
+                (x, y, x + side - 1, y + side - 1), fill=cell_colour(value / largest), outline=(220, 220, 220)
+            )
+            if count <= 20:
+                colour = "white" if value > largest / 2 else "black"
+                drawing.text((x + side / 2, y + side / 2), str(value), size, fill=colour, anchor="mm")
+    return drawing

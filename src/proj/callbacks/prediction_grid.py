@@ -1,4 +1,4 @@
-"""A grid of validation images titled with what the model predicted: the quickest look at its mistakes."""
+"""A grid of validation images captioned with what the model predicted: the quickest look at its mistakes."""
 
 from __future__ import annotations
 
@@ -7,16 +7,21 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from lightning.pytorch import LightningModule, Trainer
-from matplotlib.figure import Figure
+from PIL import Image
 from torch import Tensor
 from torchvision.utils import make_grid
 
-from proj.callbacks.tensorboard import FigureCallback, tensorboard_writer
+from proj.callbacks.figures import Drawing, FigureCallback, font
 from proj.models.base import ImageClassifier
 
 PADDING = 4  # pixels between the images of the grid
 NAME_LENGTH = 8  # longer class names are cut to fit under an image
+MIN_SIDE = 64  # small images (28x28 digits) are enlarged by a whole factor to about this size
+CAPTION = 14  # pixels of the caption strip under each image
+TITLE = 18  # pixels of the title strip above the grid
+MISTAKE, RIGHT = (200, 30, 30), (0, 0, 0)  # caption backgrounds
 
 
 class PredictionGrid(FigureCallback):
@@ -35,8 +40,7 @@ class PredictionGrid(FigureCallback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        writer = tensorboard_writer(trainer)
-        if batch_idx != 0 or trainer.sanity_checking or writer is None:
+        if batch_idx != 0 or trainer.sanity_checking or not self.shows_figures(trainer):
             return
         images, labels = batch
         count = self.num_images
@@ -45,10 +49,10 @@ class PredictionGrid(FigureCallback):
         assert isinstance(pl_module, ImageClassifier)  # it draws what the classifier's data says of itself
         names, mean, std = pl_module.class_names(), pl_module.data_fact("mean"), pl_module.data_fact("std")
 
-        def draw() -> Figure:
+        def draw() -> Drawing:
             return prediction_figure(images, labels, preds, names=names, mean=mean, std=std)
 
-        self.log_figure(writer, "val/predictions", draw, trainer.global_step)
+        self.log_figure(trainer, "val/predictions", draw, trainer.global_step)
 
 
 def short(name: str) -> str:
@@ -63,43 +67,42 @@ def prediction_figure(
     names: Sequence[str] | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
-) -> Figure:
-    """One grid of (B, C, H, W) images, grayscale or colour, with "prediction (label)" under each, by class name
-    when `names` are given (cut to 8 characters). The images are shown as the data set stores them when its
-    normalisation (`mean`, `std`, per channel) is given, else stretched to the grid's full range. One axes keeps
-    rendering fast (~0.1 s)."""
+) -> Drawing:
+    """A grid of (B, C, H, W) images, grayscale or colour, with "prediction (label)"
+    under each (on red for a mistake), by class name when `names` are given (cut to 8 characters). The images are
+    shown as the data set stores them when its normalisation (`mean`, `std`, per channel) is given, else stretched
+    to their full range."""
     images = images.detach().float().cpu()
     channels, height, width = images.shape[1:]
     if mean is not None and std is not None and len(mean) == len(std) == channels:
-        unnormalised = images * torch.tensor(std).view(-1, 1, 1) + torch.tensor(mean).view(-1, 1, 1)
-        grid = make_grid(unnormalised.clamp(0, 1), nrow=columns, padding=PADDING)
+        images = (images * torch.tensor(std).view(-1, 1, 1) + torch.tensor(mean).view(-1, 1, 1)).clamp(0, 1)
     else:
-        grid = make_grid(images, nrow=columns, padding=PADDING, normalize=True)
-    # make_grid gives 3 channels; one suffices for grayscale (a colormap then), colour images keep theirs.
-    pixels = grid[0].numpy() if channels == 1 else grid.permute(1, 2, 0).numpy()
-    rows = math.ceil(len(images) / columns)
-    names = [short(name) for name in names] if names is not None else None
+        low, high = images.min(), images.max()
+        images = (images - low) / (high - low).clamp(min=1e-12)
+    if channels == 1:
+        images = images.expand(-1, 3, -1, -1)
+    scale = max(1, math.ceil(MIN_SIDE / max(height, width)))
+    images = F.interpolate(images, scale_factor=scale, mode="nearest") if scale > 1 else images
+    label_names = [short(name) for name in names] if names is not None else None
     texts = [
-        f"{pred} ({label})" if names is None else f"{names[pred]} ({names[label]})"
+        f"{pred} ({label})" if label_names is None else f"{label_names[pred]} ({label_names[label]})"
         for pred, label in zip(preds.tolist(), labels.tolist(), strict=False)
     ][: len(images)]
-    fontsize = 8 if max(map(len, texts), default=0) <= 10 else 6
-    cell_width, cell_height = width + PADDING, height + PADDING
-    figure = Figure(figsize=(columns * 1.1, rows * 1.1 * cell_height / cell_width + 0.25))
-    axes = figure.add_axes((0, 0, 1, 1 - 0.25 / figure.get_figheight()))
-    axes.imshow(pixels, cmap="gray" if channels == 1 else None, extent=(0, grid.shape[2], grid.shape[1], 0))
+    text_width = math.ceil(max((font().getlength(text) for text in texts), default=0)) + 4
+    cell_width = max(width * scale, text_width)
+    # Each image centred in its cell, above the strip its caption is written on.
+    sides = cell_width - width * scale
+    cells = F.pad(images, (sides // 2, sides - sides // 2, 0, CAPTION), value=1.0)
+    grid = make_grid(cells, nrow=columns, padding=PADDING, pad_value=1.0)
+    drawing = Drawing(grid.shape[2], grid.shape[1] + TITLE)
+    drawing.canvas.paste(Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy()), (0, TITLE))
+    drawing.text((PADDING, 3), "prediction (label); mistakes in red", 12)
+    cell_height = height * scale + CAPTION
     for index, (text, pred, label) in enumerate(zip(texts, preds.tolist(), labels.tolist(), strict=False)):
         row, column = divmod(index, columns)
-        axes.text(
-            column * cell_width + PADDING + width / 2,
-            (row + 1) * cell_height - 1,
-            text,
-            color="white",
-            fontsize=fontsize,
-            ha="center",
-            va="bottom",
-            bbox={"facecolor": "black" if pred == label else "red", "alpha": 0.7, "pad": 1, "linewidth": 0},
-        )
-    axes.axis("off")
-    figure.suptitle("prediction (label); mistakes in red", fontsize=10)
-    return figure
+        left = PADDING + column * (cell_width + PADDING)
+        top = TITLE + PADDING + row * (cell_height + PADDING) + height * scale
+        background = RIGHT if pred == label else MISTAKE
+        drawing.draw.rectangle((left, top, left + cell_width - 1, top + CAPTION - 1), fill=background)
+        drawing.text((left + cell_width / 2, top + CAPTION / 2), text, fill="white", anchor="mm")
+    return drawing

@@ -1,4 +1,4 @@
-"""Everything needed to reproduce a run, written into its folder beside the checkpoints."""
+"""Everything needed to reproduce a run, written into its folder beside the checkpoints (and given to its trackers)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 
 from proj.outputs import atomic_output
+from proj.trackers import log_config
 
 PACKAGES = ("proj", "torch", "torchvision", "lightning", "torchmetrics", "jsonargparse", "tensorboard", "numpy")
 
@@ -96,8 +97,10 @@ class RunRecord(SaveConfigCallback):
         self.run_dir = trainer.log_dir  # on every rank: it broadcasts, and save_config runs on rank 0 only
         config_file = Path(self.run_dir or ".") / self.config_filename
         if self.continues is not None and self.run_dir is not None and config_file.is_file():
-            if trainer.is_global_zero:
+            if trainer.is_global_zero and not self.already_saved:  # once, not again for the test after the fit
                 self.record_continuation(config_file)
+                self.log_config(trainer)
+            self.already_saved = True
             return
         super().setup(trainer, pl_module, stage)
 
@@ -123,6 +126,12 @@ class RunRecord(SaveConfigCallback):
         }
         with atomic_output(Path(self.run_dir) / "run.yaml") as partial:
             partial.write_text(yaml.safe_dump(record, sort_keys=False))
+        self.log_config(trainer)
+
+    def log_config(self, trainer: Trainer) -> None:
+        """The config to the trackers too (an MLflow artifact, W&B's run config)."""
+        config_file = Path(str(self.run_dir)) / self.config_filename
+        log_config(trainer.loggers, config_file, yaml.safe_load(config_file.read_text()))
 
     def record_continuation(self, config_file: Path) -> None:
         """Appends this continuation to run.yaml; config.yaml stays the record of how the run started."""

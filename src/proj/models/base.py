@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.trainer.states import TrainerFn
@@ -134,6 +135,14 @@ class ImageClassifier(LightningModule):
         if value is None and self.data_description:
             value = self.data_description.get(key)
         return value
+
+    @property
+    def hparams_initial(self) -> AttributeDict:
+        """What Lightning gives the loggers (HPARAMS, MLflow params, W&B config): the hyperparameters without
+        LightningCLI's `_instantiator`, how to rebuild the model rather than a setting (the checkpoint keeps it)."""
+        hparams = super().hparams_initial  # a copy
+        hparams.pop("_instantiator", None)
+        return hparams
 
     def class_names(self) -> list[str]:
         """The names of the classes, from the data (see `data_fact`); "0".."N-1" when the data has none."""
