@@ -51,7 +51,7 @@ mlflow-server:  ## MLflow's tracking server on 127.0.0.1:$(MLFLOW_PORT): runs in
 		--backend-store-uri sqlite:///mlflow.db --artifacts-destination ./mlartifacts
 
 clean:  ## remove logs/, the bench JSON files and the tools' caches
-	rm -rf logs bench.json bench-cache.json bench-growth.json .pytest_cache .mypy_cache .ruff_cache
+	rm -rf logs bench.json bench-cache.json bench-growth.json bench-serve.json .pytest_cache .mypy_cache .ruff_cache
 
 .PHONY: serve bench-serve
 PORT ?= 8000
