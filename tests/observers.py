@@ -10,18 +10,21 @@ from pathlib import Path
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor, nn
 
+from proj.data.resident import ResidentLoader
+
 
 class RankShards(Callback):
-    """Each rank writes `folder`/<rank>-<epoch>.json: its process id, rank, world size and the sample indices its
-    (resident) training loader hands it that epoch."""
+    """Each rank writes `folder`/<rank>-<epoch>.json: its process id, and the rank, world size, number of batches
+    and sample indices of its (resident) training loader that epoch."""
 
-    def __init__(self, folder: str) -> None:
+    def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         loader = trainer.train_dataloader
-        shard = {"pid": os.getpid(), "rank": trainer.global_rank, "world_size": trainer.world_size}
-        shard["indices"] = loader.indices().tolist()  # type: ignore[union-attr]
+        assert isinstance(loader, ResidentLoader)
+        shard = {"pid": os.getpid(), "rank": loader.rank, "world_size": loader.world_size, "len": len(loader)}
+        shard["indices"] = loader.indices().tolist()
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / f"{trainer.global_rank}-{trainer.current_epoch}.json").write_text(json.dumps(shard))
 

@@ -20,6 +20,7 @@ from torch.utils.data import DistributedSampler
 
 import proj.outputs
 from conftest import MNIST_SHAPE, NUM_TEST, NUM_TRAIN, VAL_SIZE, datamodule, quick_trainer, skip_or_fail_in_ci
+from observers import RankShards
 from proj.data import MNISTDataModule
 from proj.data.mnist import AUGMENT, MEAN, STD
 from proj.data.resident import ResidentLoader, random_affine
@@ -681,26 +682,12 @@ def test_cuda_batches_match_cpu_batches():
     assert torch.equal(*augmented)
 
 
-class SaveShards(Callback):
-    """Each rank writes the sample indices of its training loader, per epoch, to `folder`/rank-epoch.json."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        train = trainer.train_dataloader
-        shard = {"rank": train.rank, "world_size": train.world_size, "len": len(train)}
-        shard["indices"] = train.indices().tolist()
-        path = self.folder / f"{trainer.global_rank}-{trainer.current_epoch}.json"
-        path.write_text(json.dumps(shard))
-
-
 @pytest.mark.slow
 def test_ddp_ranks_get_disjoint_covering_shards(mnist_dir, tmp_path):
     """Two CPU processes under Lightning's DDP: each sees its own half of the training split, anew every epoch."""
     seed_everything(5, verbose=False)
     trainer = quick_trainer(
-        strategy="ddp_spawn", devices=2, max_epochs=2, limit_train_batches=2, callbacks=[SaveShards(tmp_path)]
+        strategy="ddp_spawn", devices=2, max_epochs=2, limit_train_batches=2, callbacks=[RankShards(tmp_path)]
     )
     trainer.fit(MLPClassifier(**MNIST_SHAPE, hidden_sizes=(8,)), datamodule=datamodule(mnist_dir, pipeline="resident"))
     count = NUM_TRAIN - VAL_SIZE
