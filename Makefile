@@ -61,3 +61,7 @@ serve:  ## serve CKPT=<a .ckpt> over HTTP on 127.0.0.1:$(PORT): POST /predict, G
 
 bench-serve:  ## requests/s and p50/p99 latency of proj.serve (batching on/off, PyTorch/ONNX) vs a plain server, MLP and CNN
 	$(PYTHON) -m proj.serve_bench --data_dir $(DATA) --output bench-serve.json
+
+.PHONY: gpu-check
+gpu-check:  ## on a CUDA GPU: fit cnn.yaml, timm_small.yaml and bf16-mixed, time an epoch, check predict/export (else says so)
+	$(PYTHON) -m proj.gpu_check --data_dir $(DATA)
