@@ -15,7 +15,7 @@ from torch import nn
 from torch.optim.lr_scheduler import OneCycleLR, StepLR
 
 import proj.fit
-from conftest import CONFIGS, MNIST_SHAPE, datamodule, quick_trainer, tiny_run_args, user_error
+from conftest import CONFIGS, MNIST_SHAPE, build_cli, datamodule, quick_trainer, tiny_run_args, user_error
 from proj.cli import ProjCLI
 from proj.errors import UserError
 from proj.models import CNNClassifier, MLPClassifier
@@ -77,6 +77,16 @@ def summary_counts(out: str) -> dict[str, str]:
     """The model summary's parameter counts, as printed."""
     rows = [line.split(":") for line in out.splitlines() if line.strip().endswith(tuple("0123456789K"))]
     return {name.strip(): value.strip() for name, value, *_ in rows if "params" in name}
+
+
+def test_finetune_config_stacks_with_the_others_keeping_their_callbacks(mnist_dir):
+    configs = [CONFIGS / "cnn.yaml", CONFIGS / "early_stopping.yaml", FINETUNE, CONFIGS / "scheduler" / "step.yaml"]
+    cli = build_cli(mnist_dir, *(word for config in configs for word in ("--config", str(config))))
+    kinds = [type(callback).__name__ for callback in cli.trainer.callbacks]
+    for name in ("RichModelSummary", "EarlyStopping", "BackboneFinetuning", "ResumableCheckpoint", "RNGState"):
+        assert kinds.count(name) == 1, name
+    (finetuning,) = (callback for callback in cli.trainer.callbacks if isinstance(callback, BackboneFinetuning))
+    assert (finetuning.unfreeze_backbone_at_epoch, finetuning.backbone_initial_ratio_lr) == (UNFREEZE_AT, 0.1)
 
 
 def test_the_cnn_backbone_is_its_convolution_stages_and_registers_nothing_twice():
