@@ -11,7 +11,7 @@ import torch
 
 import proj.cli
 import proj.fit
-from conftest import NUM_TRAIN, VAL_SIZE, run_fit
+from conftest import CONFIGS, NUM_TRAIN, VAL_SIZE, run_fit
 from proj.data.synthetic import write_image_folder, write_synthetic_cifar10, write_synthetic_mnist
 
 
@@ -269,6 +269,22 @@ CATALOGUE = {
     "deleted MLflow experiment": (
         deleted_mlflow_experiment,
         ["experiment 'gone' was deleted", "mlflow experiments restore", "--trainer.logger.init_args.experiment_name"],
+    ),
+    "freezing the backbone of a model without one": (
+        ["--model", "MLPClassifier", "--model.freeze_backbone", "true"],
+        ["--model.freeze_backbone true", "MLPClassifier has none", "--model CNNClassifier"],
+    ),
+    "a backbone rate for a model without a backbone": (
+        ["--model", "MLPClassifier", "--model.backbone_lr_scale", "0.1"],
+        ["--model.backbone_lr_scale 0.1", "MLPClassifier has none", "--model CNNClassifier"],
+    ),
+    "a backbone rate of 0": (
+        ["--model.backbone_lr_scale", "0"],
+        ["backbone_lr_scale must be > 0, got 0.0", "--model.backbone_lr_scale"],
+    ),
+    "BackboneFinetuning for a model without a backbone": (
+        ["--model", "MLPClassifier", "--config", str(CONFIGS / "finetune.yaml")],
+        ["the BackboneFinetuning callback (configs/finetune.yaml)", "MLPClassifier has none", "--model CNNClassifier"],
     ),
     "W&B project name W&B refuses": (
         ["--trainer.logger", "WandbLogger", "--trainer.logger.init_args.project", "my/project"],

@@ -271,8 +271,10 @@ class ProjCLI(LightningCLI):
             path = self.config[self.subcommand].ckpt_path
             check_same_data(self.checkpoint, path, self.datamodule)
             check_fits(self.checkpoint, path, self.model)
+        optimization = self.model.configure_optimizers() if self.subcommand == "fit" else None
+        callbacks = self.trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning's callback connector
+        self.model.check_finetuning(callbacks, optimization)
         if self.subcommand == "fit":
-            optimization = self.model.configure_optimizers()
             if self.checkpoint is not None:
                 check_continuation(self.checkpoint, self.config.fit.ckpt_path, self.trainer, optimization)
             if (weights := self.config.fit.get("weights_from")) is not None:

@@ -10,10 +10,13 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from lightning.fabric.utilities.data import AttributeDict
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import BackboneFinetuning, BaseFinetuning
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.optim.lr_scheduler import CyclicLR, OneCycleLR
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
@@ -60,6 +63,12 @@ class ImageClassifier(LightningModule):
         compile: compile the network with `torch.compile` when the fit starts (Lightning #17283). The first
             batches then wait for the compiler; off by default, as it does not pay for itself on a 2-core CPU
             (README, "Measured").
+        freeze_backbone: train only the head: the `backbone`'s parameters stay as they are (Lightning's
+            `BaseFinetuning.freeze`) and its BatchNorm layers normalise with their running statistics, unchanged,
+            so the head trains on the features it will see in evaluation.
+        backbone_lr_scale: the `backbone`'s learning rate as a share of the head's (discriminative rates: a
+            pretrained backbone needs smaller steps than a new head): its parameters form a second optimizer
+            group at lr x scale, which schedulers scale like the first. 1 (default): one group.
     """
 
     net: nn.Module
@@ -74,6 +83,8 @@ class ImageClassifier(LightningModule):
         label_smoothing: float = 0.0,
         l1: float = 0.0,
         compile: bool = False,
+        freeze_backbone: bool = False,
+        backbone_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
         input_shape = [int(side) for side in input_shape]  # hparams stay plain: a tuple is !!python/tuple in YAML
@@ -85,6 +96,16 @@ class ImageClassifier(LightningModule):
             raise UserError(f"label_smoothing must be in [0, 1), got {label_smoothing}: set --model.label_smoothing.")
         if not l1 >= 0:  # also refuses NaN
             raise UserError(f"l1 must be >= 0, got {l1}: set --model.l1.")
+        if not 0 < backbone_lr_scale < math.inf:
+            raise UserError(
+                f"backbone_lr_scale must be > 0, got {backbone_lr_scale}: set --model.backbone_lr_scale (1 trains the "
+                "backbone at the head's rate; --model.freeze_backbone true does not train it)."
+            )
+        if freeze_backbone and backbone_lr_scale != 1:
+            raise UserError(
+                f"--model.backbone_lr_scale {backbone_lr_scale:g} sets the rate of a backbone that trains, and "
+                "--model.freeze_backbone true keeps it frozen: pass one of them."
+            )
         self.save_hyperparameters()
         self.optimizer_callable = optimizer
         self.scheduler_callable = scheduler
@@ -127,6 +148,56 @@ class ImageClassifier(LightningModule):
         except RuntimeError:
             return None
 
+    @property
+    def backbone(self) -> nn.Module | None:
+        """The feature part of `net`: every parameter but the classifier head's, as modules of `net` itself (a
+        slice, registered nowhere else: state_dict keys stay `net.…`); None for a network without one. What
+        `freeze_backbone`, `backbone_lr_scale` and Lightning's `BackboneFinetuning` (which reads an attribute of
+        this name) act on. A subclass with a backbone overrides it."""
+        return None
+
+    def required_backbone(self, setting: str) -> nn.Module:
+        """`backbone`, or a UserError saying that `setting` needs one."""
+        if (backbone := self.backbone) is None:
+            raise UserError(
+                f"{setting} acts on a model's backbone, and {type(self).__name__} has none: leave it out, or choose "
+                "a model with one (--model CNNClassifier or TimmClassifier)."
+            )
+        return backbone
+
+    def check_finetuning(self, callbacks: Sequence[Callback], optimization: Any = None) -> None:
+        """Refuse, before a run writes anything, fine-tuning this model cannot do: a setting for a backbone it
+        lacks, or Lightning's BackboneFinetuning (which fails only as the fit starts) with a setting it
+        contradicts or a scheduler it breaks. `optimization`: what `configure_optimizers` returned, for a fit."""
+        freeze, scale = self.hparams["freeze_backbone"], self.hparams["backbone_lr_scale"]
+        if freeze:
+            self.required_backbone("--model.freeze_backbone true")
+        if scale != 1:
+            self.required_backbone(f"--model.backbone_lr_scale {scale:g}")
+        for callback in callbacks:
+            if not isinstance(callback, BackboneFinetuning):
+                continue
+            self.required_backbone("the BackboneFinetuning callback (configs/finetune.yaml)")
+            epoch = callback.unfreeze_backbone_at_epoch
+            if freeze:
+                raise UserError(
+                    f"the BackboneFinetuning callback unfreezes the backbone at epoch {epoch}, and "
+                    "--model.freeze_backbone true keeps it frozen: pass one of them."
+                )
+            if scale != 1:
+                raise UserError(
+                    "the BackboneFinetuning callback sets the backbone's rate itself (backbone_initial_ratio_lr), "
+                    f"and --model.backbone_lr_scale {scale:g} sets another: pass one of them."
+                )
+            scheduler = optimization["lr_scheduler"]["scheduler"] if isinstance(optimization, dict) else None
+            if isinstance(scheduler, (OneCycleLR, CyclicLR)):
+                raise UserError(
+                    f"the BackboneFinetuning callback adds the backbone to the optimizer at epoch {epoch}, and "
+                    f"{type(scheduler).__name__} cannot schedule a parameter group added after it started (it "
+                    "fails there): choose another --model.scheduler (e.g. --config configs/scheduler/step.yaml), "
+                    "or use --model.backbone_lr_scale instead of the callback."
+                )
+
     def data_fact(self, key: str) -> Any:
         """What the data says of itself under `key` ("class_names", "mean", "std"...): the running Trainer's data
         module first, else the description the model was trained with (kept in its checkpoint); None if neither
@@ -151,6 +222,28 @@ class ImageClassifier(LightningModule):
         if names is None or len(names) != num_classes:
             return [str(index) for index in range(num_classes)]
         return [str(name) for name in names]
+
+    def setup(self, stage: str) -> None:
+        if self.hparams["freeze_backbone"]:  # before configure_optimizers, as Lightning's BaseFinetuning freezes
+            BaseFinetuning.freeze(self.required_backbone("--model.freeze_backbone true"), train_bn=False)
+
+    def on_fit_start(self) -> None:
+        # Resuming, Lightning's BaseFinetuning puts back the optimizer groups it added (an unfrozen backbone's) but
+        # not their requires_grad (Lightning #21901): the backbone would stay frozen for the rest of the run. What
+        # the optimizer holds is what trains.
+        for optimizer in self.trainer.optimizers:
+            for group in optimizer.param_groups:
+                for parameter in group["params"]:
+                    parameter.requires_grad_(True)
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning's freeze stops a frozen BatchNorm's statistics, but in train mode it would still normalise with
+        # each batch's own; in eval mode it uses the running ones. Set each epoch, after Lightning's check that
+        # the model starts training in train mode (it restores each module's mode after validation).
+        if self.hparams["freeze_backbone"]:
+            for module in self.required_backbone("--model.freeze_backbone true").modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
 
     def configure_model(self) -> None:
         # In place (nn.Module.compile): the parameters keep their names, so checkpoints load either way.
@@ -250,18 +343,35 @@ class ImageClassifier(LightningModule):
             print(f"\nTest accuracy per class:\n{self._test_table}", file=out, flush=True)
         self._test_table = None
 
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """What the optimizer trains: the parameters that require gradients (not a backbone frozen by
+        `freeze_backbone`, or by Lightning's BackboneFinetuning until it unfreezes it), the backbone's in a group of
+        their own when `backbone_lr_scale` is not 1."""
+        trainable = [parameter for parameter in self.parameters() if parameter.requires_grad]
+        if (scale := self.hparams["backbone_lr_scale"]) == 1:
+            return [{"params": trainable}]
+        backbone = self.required_backbone(f"--model.backbone_lr_scale {scale:g}")
+        in_backbone = {id(parameter) for parameter in backbone.parameters()}
+        return [
+            {"params": [parameter for parameter in trainable if id(parameter) not in in_backbone]},
+            {"params": [parameter for parameter in trainable if id(parameter) in in_backbone]},
+        ]
+
     def configure_optimizers(self) -> Any:
         try:  # torch checks lr, betas, weight_decay... and says "Invalid learning rate: -0.1"
-            optimizer = self.optimizer_callable(self.parameters())
+            optimizer = self.optimizer_callable(self.parameter_groups())
         except ValueError as err:
             name = "lr" if "learning rate" in str(err) else "<argument>"
             raise UserError(f"optimizer: {err}; set --model.optimizer.init_args.{name} to a valid value.") from err
         if (lr := optimizer.param_groups[0]["lr"]) <= 0:  # torch accepts 0: a run that never learns
             raise UserError(f"the learning rate must be > 0, got {lr}: set --model.optimizer.init_args.lr.")
+        scale = self.hparams["backbone_lr_scale"]
+        for group in optimizer.param_groups[1:]:  # the backbone's, before a scheduler takes each group's rate
+            group["lr"] = lr * scale
         if self.scheduler_callable is None:
             return optimizer
         try:
-            scheduler = self.scheduler_callable(optimizer, **self._run_length())
+            scheduler = self.scheduler_callable(optimizer, **self._run_length(), **self._group_rates(optimizer))
         except ValueError as err:
             raise UserError(f"scheduler: {err}; set it with --model.scheduler.init_args.NAME.") from err
         config: dict[str, Any] = {"scheduler": scheduler, "interval": self.hparams["scheduler_interval"]}
@@ -292,6 +402,15 @@ class ImageClassifier(LightningModule):
                 "--trainer.max_epochs or --model.scheduler.init_args.total_steps."
             )
         return {"total_steps": int(steps)}
+
+    def _group_rates(self, optimizer: torch.optim.Optimizer) -> dict[str, list[float]]:
+        """A schedule's rates (OneCycleLR's `max_lr`, CyclicLR's `base_lr` and `max_lr`) per parameter group when the
+        backbone has a group of its own: given as one number, they would set the backbone's rate to the head's."""
+        if len(optimizer.param_groups) == 1:
+            return {}
+        keywords, scale = getattr(self.scheduler_callable, "keywords", {}), self.hparams["backbone_lr_scale"]
+        rates = {name: keywords.get(name) for name in ("max_lr", "base_lr")}
+        return {name: [rate, rate * scale] for name, rate in rates.items() if isinstance(rate, (int, float))}
 
     def schedule_length(self) -> float:
         """The whole run's length in scheduler steps (epochs, or optimizer steps with scheduler_interval "step");

@@ -88,3 +88,9 @@ class CNNClassifier(ImageClassifier):
         init_weights(self.net, init)
         if channels_last:  # activations follow the weights' layout; single-channel inputs need no conversion
             self.net = self.net.to(memory_format=torch.channels_last)
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The convolution stages: the layers before Flatten (the head is the hidden and output layers)."""
+        layers = list(self.net.children())
+        return nn.Sequential(*layers[: next(i for i, layer in enumerate(layers) if isinstance(layer, nn.Flatten))])
