@@ -120,7 +120,7 @@ class TimmClassifier(ImageClassifier):
     def weights_normalization(cls, hparams: Mapping[str, Any]) -> WeightsNormalization | None:
         """ImageNet's statistics for timm's pretrained weights (those of their pretrained_cfg), a proj checkpoint's
         recorded ones for its weights, timm's (assumed) for another weights file; None from scratch."""
-        arch, pretrained, weights = hparams.get("arch", "resnet18"), hparams.get("pretrained"), hparams.get("weights")
+        arch, pretrained, weights = hparams["arch"], hparams.get("pretrained"), hparams.get("weights")
         if not pretrained and weights is None:
             return None
         if weights is not None and is_restoring() and not Path(str(weights)).is_file():
