@@ -289,7 +289,7 @@ def test_data_normalization_choices(tmp_path):
     assert MNISTDataModule(normalization={"mean": [0.5], "std": [0.25]}).std == (0.25,)
     with pytest.raises(UserError, match="every std must be > 0"):
         MNISTDataModule(normalization={"mean": [0.5], "std": [0.0]})
-    with pytest.raises(UserError, match="2 values per statistic, for images of 1 channels"):
+    with pytest.raises(UserError, match="2 values per statistic, for 1-channel images: give 1 value"):
         MNISTDataModule(normalization={"mean": [0.5, 0.5], "std": [0.2, 0.2]}).mean  # noqa: B018
 
 

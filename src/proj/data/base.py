@@ -69,10 +69,8 @@ def per_channel(values: Sequence[float], channels: int, what: str) -> tuple[floa
         return (float(values[0]),) * channels
     if channels == 1 and len(values) == 3:
         return (sum(float(value) for value in values) / 3,)
-    raise UserError(
-        f"{what}: {len(values)} values per statistic, for images of {channels} channels: give {channels} (or 1) mean "
-        "and std values."
-    )
+    wanted = "1 value" if channels == 1 else f"{channels} values (one per channel) or 1"
+    raise UserError(f"{what}: {len(values)} values per statistic, for {channels}-channel images: give {wanted}.")
 
 
 class ImageDataModule(LightningDataModule):

@@ -260,6 +260,8 @@ def pretrained_file(arch: str) -> tuple[Path, str]:
 
 
 def hub_file(arch: str, hub_id: str, filename: str | None) -> Path:
+    """The weights file of a hub repository (`repo` or `repo@revision`), as timm looks for it: from the cache, else
+    downloaded after one request has shown that the hub answers."""
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
     from huggingface_hub.errors import EntryNotFoundError
 
