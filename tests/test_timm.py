@@ -287,6 +287,8 @@ def test_data_normalization_choices(tmp_path):
     assert MNISTDataModule(normalization="imagenet").std == pytest.approx((GRAY_IMAGENET[1],))
     assert MNISTDataModule(normalization="data").mean == (0.1307,) == MNISTDataModule().mean
     assert MNISTDataModule(normalization={"mean": [0.5], "std": [0.25]}).std == (0.25,)
+    with pytest.raises(UserError, match=r"--data\.normalization 'imagenet21k': use 'data'"):
+        MNISTDataModule(normalization="imagenet21k")
     with pytest.raises(UserError, match="every std must be > 0"):
         MNISTDataModule(normalization={"mean": [0.5], "std": [0.0]})
     with pytest.raises(UserError, match="2 values per statistic, for 1-channel images: give 1 value"):

@@ -40,8 +40,10 @@ Split = Literal["train", "val", "test"]
 TensorSplit = tuple[Tensor, Tensor]  # uint8 images (N, C, H, W) and int64 labels (N,)
 Pipeline = Literal["auto", "resident", "torchvision"]
 CACHE_FORMAT = 3  # bump when the cached tensors change layout: older caches are then rebuilt
-# `normalization`: the data set's own statistics, ImageNet's, or {"mean": [...], "std": [...]} per channel.
-Normalization = Literal["data", "imagenet"] | dict[str, list[float]]
+# `normalization`: {"mean": [...], "std": [...]} per channel, or a name: the data set's own statistics, ImageNet's.
+# (Names as a plain str, checked here: jsonargparse's error for a union with a Literal names no choice.)
+Normalization = dict[str, list[float]] | str
+NORMALIZATION_NAMES = ("data", "imagenet")
 # ImageNet's per-channel statistics, which models pretrained on it expect (timm.data.IMAGENET_DEFAULT_MEAN/STD; not
 # imported from there: importing timm takes seconds, and every data module would pay them).
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -148,6 +150,11 @@ class ImageDataModule(LightningDataModule):
             )
         if isinstance(normalization, dict):
             normalization = check_statistics(normalization)
+        elif normalization is not None and normalization not in NORMALIZATION_NAMES:
+            raise UserError(
+                f"--data.normalization {normalization!r}: use 'data' (the data set's own statistics), 'imagenet', or "
+                "{mean: [...], std: [...]} (one value per channel)."
+            )
         self.save_hyperparameters()
         self.batch_size, self.val_size = batch_size, val_size
         self.train_set: Dataset | TensorSplit | None = None
