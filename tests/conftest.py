@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
+import huggingface_hub.constants
 import pytest
 import torch
 import torchvision
@@ -48,11 +49,22 @@ def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_synthetic_mnist(tmp_path_factory.mktemp("mnist"), NUM_TRAIN, NUM_TEST)
 
 
+UNREACHABLE = "http://127.0.0.1:9"  # a port nothing listens on: a connection is refused at once
+
+
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test runs in its own folder (no logs/ in the repo) and any MNIST download fails at once."""
+    """Every test runs in its own folder (no logs/ in the repo), any MNIST download fails at once, and pretrained
+    weights come from an empty hub cache of its own (the user's is never read), the hub being unreachable: here, and
+    in the subprocesses tests start."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", [f"{UNREACHABLE}/"])
+    hub = {"HF_HUB_CACHE": tmp_path / "hf-hub", "HF_ENDPOINT": UNREACHABLE, "TORCH_HOME": tmp_path / "torch"}
+    for name, value in hub.items():
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-hub"))
+    url = f"{UNREACHABLE}/{{repo_id}}/resolve/{{revision}}/{{filename}}"  # huggingface_hub's, made from HF_ENDPOINT
+    monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE", url)
 
 
 def datamodule(data_dir: Path, **kwargs: Any) -> MNISTDataModule:

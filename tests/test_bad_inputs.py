@@ -7,12 +7,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 
 import proj.cli
 import proj.fit
-from conftest import CONFIGS, NUM_TRAIN, VAL_SIZE, run_fit
+from conftest import CONFIGS, MNIST_SHAPE, NUM_TRAIN, VAL_SIZE, run_fit
 from proj.data.synthetic import write_image_folder, write_synthetic_cifar10, write_synthetic_mnist
+from proj.models import TimmClassifier
 
 
 @pytest.fixture(scope="module")
@@ -129,9 +131,29 @@ def deleted_mlflow_experiment(tmp_path: Path, logs: Path) -> list[str]:
     return [*flags, "--trainer.logger.init_args.experiment_name", "gone"]
 
 
+def timm_weights(tmp_path: Path, problem: str) -> list[str]:
+    """Flags starting a TimmClassifier (timm's test_resnet) from a weights file with the `problem`."""
+    torch.manual_seed(0)
+    path = tmp_path / "weights.pth"
+    if problem == "corrupt":
+        torch.save(timm.create_model("test_resnet").state_dict(), path)
+        path.write_bytes(path.read_bytes()[:3000])
+    elif problem == "other architecture":
+        torch.save(timm.create_model("test_efficientnet").state_dict(), path)
+    elif problem == "other normalisation":  # a proj checkpoint of data normalised with mean 0.286, std 0.353
+        path = tmp_path / "pretrained.ckpt"
+        state = {
+            f"net.{key}": value
+            for key, value in TimmClassifier(arch="test_resnet", **MNIST_SHAPE).net.state_dict().items()
+        }
+        torch.save({"state_dict": state, "data": {"mean": [0.286], "std": [0.353]}}, path)
+    flags = ["--model", "TimmClassifier", "--model.arch", "test_resnet", "--model.weights", str(path)]
+    return [*flags, "--data.normalization", "data"] if problem == "other normalisation" else flags
+
+
 # (flags, or a function of (tmp_path, existing logs) giving them; words the one-line message must contain)
 CATALOGUE = {
-    "unknown model": (["--model", "NoSuchNet"], ["NoSuchNet", "MLPClassifier or CNNClassifier"]),
+    "unknown model": (["--model", "NoSuchNet"], ["NoSuchNet", "MLPClassifier, CNNClassifier or TimmClassifier"]),
     "unknown scheduler": (["--model.scheduler", "NoSuchLR"], ["--model.scheduler NoSuchLR", "StepLR"]),
     "unknown optimizer": (["--model.optimizer", "NoSuchOpt"], ["--model.optimizer NoSuchOpt", "SGD"]),
     "negative lr": (["--model.optimizer", "SGD", "--model.optimizer.lr", "-0.1"], ["-0.1", "init_args.lr"]),
@@ -285,6 +307,30 @@ CATALOGUE = {
     "BackboneFinetuning for a model without a backbone": (
         ["--model", "MLPClassifier", "--config", str(CONFIGS / "finetune.yaml")],
         ["the BackboneFinetuning callback (configs/finetune.yaml)", "MLPClassifier has none", "--model CNNClassifier"],
+    ),
+    "unknown timm architecture": (
+        ["--model", "TimmClassifier", "--model.arch", "resnet19"],
+        ["--model.arch 'resnet19': timm has no such architecture", "close names: resnet18", "list_models('resnet*')"],
+    ),
+    "pretrained weights unavailable offline": (
+        ["--model", "TimmClassifier", "--model.arch", "test_resnet", "--model.pretrained", "true"],
+        ["model.safetensors of timm/test_resnet.r160_in1k", "not in the hub cache", "hf download", "--model.weights"],
+    ),
+    "weights file missing": (
+        lambda tmp, logs: timm_weights(tmp, "missing"),
+        ["--model.weights", "weights.pth' does not exist", ".safetensors"],
+    ),
+    "weights file corrupt": (
+        lambda tmp, logs: timm_weights(tmp, "corrupt"),
+        ["--model.weights", "weights.pth' cannot be read (truncated, or not a weights file"],
+    ),
+    "weights file of another architecture": (
+        lambda tmp, logs: timm_weights(tmp, "other architecture"),
+        ["weights.pth' (--model.weights) do not fit test_resnet", "conv1.0.weight (16, 1, 3, 3) is not in the file"],
+    ),
+    "data normalised otherwise than the weights expect": (
+        lambda tmp, logs: timm_weights(tmp, "other normalisation"),
+        ["expect inputs normalised with mean [0.286]", "normalises with its own statistics", "--data.normalization"],
     ),
     "W&B project name W&B refuses": (
         ["--trainer.logger", "WandbLogger", "--trainer.logger.init_args.project", "my/project"],

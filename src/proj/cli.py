@@ -7,6 +7,7 @@ file sets defaults (model, logger, callbacks), adds `--test_after_fit`, makes ru
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from proj.callbacks.checkpoint import ResumableCheckpoint
@@ -37,6 +39,7 @@ from proj.continuation import check_continuation
 from proj.data import ImageDataModule
 from proj.errors import UserError, exit_on_user_error
 from proj.models import ImageClassifier
+from proj.models.base import restoring
 from proj.runs import (
     RunFolder,
     checkpoint_file,
@@ -215,8 +218,40 @@ class ProjCLI(LightningCLI):
                 f"--weights_from starts a fit from a checkpoint's weights; {self.subcommand} takes them from "
                 "--ckpt_path: pass one of them."
             )
+        self._normalize_as_weights(config)
         check_loggers(config)
         self.run_folder = RunFolder(config, continues)
+
+    def _weights_from_checkpoint(self, config: Namespace) -> bool:
+        """Whether the model's weights come from a checkpoint (--ckpt_path, --weights_from) rather than its own
+        initial ones (pretrained, say): the model then skips loading those."""
+        return self.checkpoint is not None or config.get("weights_from") is not None
+
+    def _normalize_as_weights(self, config: Namespace) -> None:
+        """`--data.normalization` left out: the statistics the model's initial weights were trained with, when they
+        say (pretrained weights: ImageNet's), said in one line. The model refuses other data before the run."""
+        data_args = config.data.get("init_args")
+        if data_args is None or "normalization" not in data_args or data_args.normalization is not None:
+            return
+        module_name, _, name = str(config.model.class_path).rpartition(".")
+        model_class = getattr(importlib.import_module(module_name), name, None)
+        if not (isinstance(model_class, type) and issubclass(model_class, ImageClassifier)):
+            return
+        model_args = config.model.get("init_args")
+        with restoring(self._weights_from_checkpoint(config)):
+            expected = model_class.weights_normalization(model_args.as_dict() if model_args else {})
+        if expected is not None:
+            data_args.normalization = {"mean": list(expected.mean), "std": list(expected.std)}
+            statistics = f"{{mean: {list(expected.mean)}, std: {list(expected.std)}}}"
+            rank_zero_info(
+                f"Normalising the data as {expected.source} expect: --data.normalization {statistics} (averaged for "
+                "grayscale images), not the data's own statistics."
+            )
+
+    def instantiate_classes(self) -> None:
+        config = self.config if self.subcommand is None else self.config[self.subcommand]
+        with restoring(self._weights_from_checkpoint(config)):  # the checkpoint's weights replace the initial ones
+            super().instantiate_classes()
 
     @staticmethod
     def _drop_disabled_callbacks(trainer: Namespace) -> None:
@@ -267,6 +302,9 @@ class ProjCLI(LightningCLI):
             self.run_folder.unname()
         assert isinstance(self.datamodule, ImageDataModule)
         self.datamodule.check()
+        self.datamodule.chosen_statistics()  # a --data.normalization of another channel count
+        if self.model.input_normalization is not None:
+            self.datamodule.check_normalization(self.model.input_normalization)
         if self.checkpoint is not None:
             path = self.config[self.subcommand].ckpt_path
             check_same_data(self.checkpoint, path, self.datamodule)

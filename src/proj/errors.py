@@ -52,7 +52,7 @@ def user_error_in(err: BaseException) -> UserError | None:
 # jsonargparse explains a bad flag or config key as a tree of union alternatives, tens of lines long.
 # These patterns find the line that matters; the key is the chain of `Parser key "..."` above it.
 CLASS_HINTS = {
-    "model": "MLPClassifier or CNNClassifier (or a full import path)",
+    "model": "MLPClassifier, CNNClassifier or TimmClassifier (or a full import path)",
     "data": "MNISTDataModule, FashionMNISTDataModule, CIFAR10DataModule or ImageFolderDataModule (or an import path)",
     "optimizer": "a torch.optim class such as SGD, Adam or AdamW",
     "scheduler": "a torch.optim.lr_scheduler class such as StepLR or CosineAnnealingLR, or proj.schedulers.WarmupDecay",

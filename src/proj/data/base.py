@@ -4,7 +4,7 @@ they are (`mnist.py` is the model to copy; `folder.py` reads any folder of image
 
 A subclass provides:
 - `CLASS_NAMES`, `INPUT_SHAPE` (C, H, W), `MEAN`/`STD` (per channel, of pixels scaled to [0, 1]), or properties
-  `class_names`, `input_shape`, `mean`, `std` that find them out (see folder.py);
+  `class_names`, `input_shape` and a method `statistics()` that find them out (see folder.py);
 - `check()`: cheap checks of the files (run before anything is written), `prepare_data()` to download;
 - `read_split(split)`: a split as uint8 images (N, C, H, W) and int64 labels, for the resident pipeline;
 - optionally `dataset(split, transform)`: a per-sample Dataset for the streaming pipeline (the default wraps
@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import copy
 import errno
+import math
 import pickle
 import warnings
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -38,6 +40,39 @@ Split = Literal["train", "val", "test"]
 TensorSplit = tuple[Tensor, Tensor]  # uint8 images (N, C, H, W) and int64 labels (N,)
 Pipeline = Literal["auto", "resident", "torchvision"]
 CACHE_FORMAT = 3  # bump when the cached tensors change layout: older caches are then rebuilt
+# `normalization`: {"mean": [...], "std": [...]} per channel, or a name: the data set's own statistics, ImageNet's.
+# (Names as a plain str, checked here: jsonargparse's error for a union with a Literal names no choice.)
+Normalization = dict[str, list[float]] | str
+NORMALIZATION_NAMES = ("data", "imagenet")
+# ImageNet's per-channel statistics, which models pretrained on it expect (timm.data.IMAGENET_DEFAULT_MEAN/STD; not
+# imported from there: importing timm takes seconds, and every data module would pay them).
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+SAME_STATISTICS = 1e-3  # statistics this close are the same normalisation (a folder's are measured, on samples)
+
+
+class WeightsNormalization(NamedTuple):
+    """The normalisation a model's initial weights were trained with: `mean` and `std` per channel (of their training
+    images), `source` in words ("resnet18's pretrained weights (timm/resnet18.a1_in1k)"), and whether they are only
+    `assumed` (a weights file that does not record them): then any normalisation the user chose is accepted."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: str
+    assumed: bool = False
+
+
+def per_channel(values: Sequence[float], channels: int, what: str) -> tuple[float, ...]:
+    """Statistics for `channels` channels: as given when they are that many, one value repeated, or three (RGB)
+    averaged for grayscale images (a network pretrained on colour images, its first convolution summed over the
+    channels by timm, sees a gray image as equal R, G and B)."""
+    if len(values) == channels:
+        return tuple(float(value) for value in values)
+    if len(values) == 1:
+        return (float(values[0]),) * channels
+    if channels == 1 and len(values) == 3:
+        return (sum(float(value) for value in values) / 3,)
+    wanted = "1 value" if channels == 1 else f"{channels} values (one per channel) or 1"
+    raise UserError(f"{what}: {len(values)} values per statistic, for {channels}-channel images: give {wanted}.")
 
 
 class ImageDataModule(LightningDataModule):
@@ -65,6 +100,12 @@ class ImageDataModule(LightningDataModule):
         pin_memory: page-locked batches, for faster copies to a GPU (torchvision pipeline).
         persistent_workers: keep loader workers alive between epochs (torchvision pipeline).
         split_seed: seed of the train/val split, independent of the training seed.
+        normalization: the per-channel mean and std images are standardised with, (x - mean) / std: "data" the
+            data set's own (its known values; measured on the training split for a folder), "imagenet" ImageNet's
+            (what models pretrained on it expect), or {"mean": [...], "std": [...]}; 3 values are averaged for
+            grayscale images, 1 serves every channel. Left out (None), the data's own, unless the model's
+            initial weights were trained with others: `proj.fit` then sets theirs and says so in one line. A model
+            whose weights expect other statistics refuses to train on data normalised otherwise.
     """
 
     CLASS_NAMES: ClassVar[tuple[str, ...]] = ()
@@ -89,6 +130,7 @@ class ImageDataModule(LightningDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = False,
         split_seed: int = 42,
+        normalization: Normalization | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -105,6 +147,13 @@ class ImageDataModule(LightningDataModule):
         if resident_budget_mb < 0:
             raise UserError(
                 f"resident_budget_mb must be >= 0, got {resident_budget_mb}: set --data.resident_budget_mb."
+            )
+        if isinstance(normalization, dict):
+            normalization = check_statistics(normalization)
+        elif normalization is not None and normalization not in NORMALIZATION_NAMES:
+            raise UserError(
+                f"--data.normalization {normalization!r}: use 'data' (the data set's own statistics), 'imagenet', or "
+                "{mean: [...], std: [...]} (one value per channel)."
             )
         self.save_hyperparameters()
         self.batch_size, self.val_size = batch_size, val_size
@@ -125,13 +174,56 @@ class ImageDataModule(LightningDataModule):
     def input_shape(self) -> tuple[int, int, int]:
         return self.INPUT_SHAPE
 
+    def statistics(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The data set's own per-channel mean and std, of pixels scaled to [0, 1]."""
+        return self.MEAN, self.STD
+
+    # What the images are standardised with: `normalization`'s choice, the data set's own by default.
+
     @property
     def mean(self) -> tuple[float, ...]:
-        return self.MEAN
+        return (self.chosen_statistics() or self.statistics())[0]
 
     @property
     def std(self) -> tuple[float, ...]:
-        return self.STD
+        return (self.chosen_statistics() or self.statistics())[1]
+
+    def chosen_statistics(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """The statistics `normalization` names, one per channel of the images; None for the data set's own (which
+        a folder measures: not done here)."""
+        choice = self.hparams["normalization"]
+        if choice is None or choice == "data":
+            return None
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if choice == "imagenet" else (choice["mean"], choice["std"])
+        channels, what = self.input_shape[0], f"--data.normalization {choice}"
+        return per_channel(mean, channels, what), per_channel(std, channels, what)
+
+    def check_normalization(self, expected: WeightsNormalization) -> None:
+        """Refuse (UserError) to feed a model whose initial weights expect inputs normalised otherwise.
+
+        Assumed statistics (a weights file that records none) give way to any normalisation chosen explicitly.
+        """
+        choice = self.hparams["normalization"]
+        if expected.assumed and choice is not None:
+            return
+        channels = self.input_shape[0]
+        mean, std = (per_channel(values, channels, expected.source) for values in (expected.mean, expected.std))
+        if _same(mean, self.mean) and _same(std, self.std):
+            return
+        how = (
+            "ImageNet's"
+            if choice == "imagenet"
+            else "the statistics given"
+            if isinstance(choice, dict)
+            else "its own statistics"
+        )
+        wanted = f"{{mean: {_rounded(mean)}, std: {_rounded(std)}}}"
+        raise UserError(
+            f"{expected.source} expect inputs normalised with mean {_rounded(mean)} and std {_rounded(std)}, but "
+            f"{type(self).__name__} normalises with {how}, mean {_rounded(self.mean)} and std {_rounded(self.std)}: "
+            f"set the data's normalization to {wanted} (--data.normalization; proj.fit sets it when the flag is left "
+            "out)."
+        )
 
     @property
     def num_classes(self) -> int:
@@ -394,6 +486,29 @@ class ImageDataModule(LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader | ResidentLoader:
         return self._loader(self.test_set, labels=False)
+
+
+def check_statistics(normalization: dict[str, list[float]]) -> dict[str, list[float]]:
+    """`normalization` given as numbers: {"mean": [...], "std": [...]}, as many of each, the std positive."""
+    shape = "give it as {mean: [m1, m2, m3], std: [s1, s2, s3]} (per channel), or 'data' or 'imagenet'"
+    if set(normalization) != {"mean", "std"}:
+        raise UserError(f"--data.normalization {normalization}: {shape}.")
+    mean, std = [float(value) for value in normalization["mean"]], [float(value) for value in normalization["std"]]
+    if not mean or len(mean) != len(std):
+        raise UserError(f"--data.normalization {normalization}: as many mean as std values, at least one; {shape}.")
+    if not all(value > 0 and math.isfinite(value) for value in std) or not all(map(math.isfinite, mean)):
+        raise UserError(f"--data.normalization {normalization}: every std must be > 0 and every value finite.")
+    return {"mean": mean, "std": std}
+
+
+def _same(first: Sequence[float], second: Sequence[float]) -> bool:
+    if len(first) != len(second):
+        return False
+    return all(math.isclose(a, b, abs_tol=SAME_STATISTICS) for a, b in zip(first, second, strict=True))
+
+
+def _rounded(values: Sequence[float]) -> list[float]:
+    return [round(value, 4) for value in values]
 
 
 def _stat(path: Path) -> list[int]:

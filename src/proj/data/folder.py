@@ -208,15 +208,7 @@ class ImageFolderDataModule(ImageDataModule):
         assert self._size is not None and self._channels is not None
         return (self._channels, *self._size)
 
-    @property
-    def mean(self) -> tuple[float, ...]:
-        return self._measured()[0]
-
-    @property
-    def std(self) -> tuple[float, ...]:
-        return self._measured()[1]
-
-    def _measured(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    def statistics(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Per-channel mean and std of the training split (all of it when resident, else a seeded sample)."""
         if self._stats is None:
             if isinstance(self.train_set, tuple):

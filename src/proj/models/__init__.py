@@ -5,5 +5,6 @@
 from proj.models.base import ImageClassifier
 from proj.models.cnn import CNNClassifier
 from proj.models.mlp import MLPClassifier
+from proj.models.timm_classifier import TimmClassifier
 
-__all__ = ["CNNClassifier", "ImageClassifier", "MLPClassifier"]
+__all__ = ["CNNClassifier", "ImageClassifier", "MLPClassifier", "TimmClassifier"]

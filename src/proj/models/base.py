@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Literal
 
 import torch
@@ -20,6 +22,7 @@ from torch.optim.lr_scheduler import CyclicLR, OneCycleLR
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from proj.data.base import ImageDataModule, WeightsNormalization
 from proj.errors import UserError
 from proj.schedulers import SchedulerCallable, spans_the_run
 
@@ -72,6 +75,8 @@ class ImageClassifier(LightningModule):
     """
 
     net: nn.Module
+    # The normalisation the initial weights were trained with (pretrained ones): data must be normalised so.
+    input_normalization: WeightsNormalization | None = None
 
     def __init__(
         self,
@@ -223,7 +228,19 @@ class ImageClassifier(LightningModule):
             return [str(index) for index in range(num_classes)]
         return [str(name) for name in names]
 
+    @classmethod
+    def weights_normalization(cls, hparams: Mapping[str, Any]) -> WeightsNormalization | None:
+        """The normalisation that the initial weights `hparams` choose were trained with (pretrained weights: their
+        training data's), or None: weights trained from scratch take any. The CLI sets the data's from it before
+        building either, so the model does not have to be built (nor its weights loaded) to know."""
+        return None
+
     def setup(self, stage: str) -> None:
+        # The data module is set up by now (a folder has measured its statistics): a model built by hand, outside
+        # the CLI (which checks before the run), is refused data normalised otherwise than its weights expect.
+        datamodule = getattr(self.attached_trainer, "datamodule", None)
+        if self.input_normalization is not None and isinstance(datamodule, ImageDataModule):
+            datamodule.check_normalization(self.input_normalization)
         if self.hparams["freeze_backbone"]:  # before configure_optimizers, as Lightning's BaseFinetuning freezes
             BaseFinetuning.freeze(self.required_backbone("--model.freeze_backbone true"), train_bn=False)
 
@@ -444,3 +461,22 @@ class ImageClassifier(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.data_description = checkpoint.get(DATA_KEY)
+
+
+_RESTORING = ContextVar("restoring", default=False)
+
+
+@contextmanager
+def restoring(active: bool = True) -> Iterator[None]:
+    """Models built within take their weights from a checkpoint next: they skip loading initial (pretrained) ones,
+    which may be a download, or a file that has not travelled with the checkpoint."""
+    token = _RESTORING.set(active)
+    try:
+        yield
+    finally:
+        _RESTORING.reset(token)
+
+
+def is_restoring() -> bool:
+    """Whether the model being built takes its weights from a checkpoint next (see `restoring`)."""
+    return _RESTORING.get()
