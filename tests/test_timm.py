@@ -358,7 +358,7 @@ def test_model_built_by_hand_refuses_data_normalised_otherwise(mnist_dir, tmp_pa
     assert model.input_normalization is not None and model.input_normalization.mean == (0.286,)
     with pytest.raises(UserError) as error:
         quick_trainer(max_steps=1).fit(model, datamodule=datamodule(mnist_dir))
-    assert "the weights in" in message(error) and "(trained on FashionMNISTDataModule images) expect" in message(error)
+    assert "the weights in" in message(error) and "(trained on FashionMNISTDataModule data) expect" in message(error)
     assert "mean [0.286] and std [0.353], but MNISTDataModule normalises with its own statistics" in message(error)
     matching = datamodule(mnist_dir, normalization={"mean": [0.286], "std": [0.353]})
     quick_trainer(max_steps=1).fit(model, datamodule=matching)

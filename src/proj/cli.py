@@ -302,7 +302,7 @@ class ProjCLI(LightningCLI):
             self.run_folder.unname()
         assert isinstance(self.datamodule, ImageDataModule)
         self.datamodule.check()
-        self.datamodule.chosen_statistics()  # a --data.normalization of another channel count
+        self.datamodule.chosen_statistics()  # a --data.normalization for another channel count fails here
         if self.model.input_normalization is not None:
             self.datamodule.check_normalization(self.model.input_normalization)
         if self.checkpoint is not None:

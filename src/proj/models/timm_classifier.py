@@ -412,8 +412,8 @@ def normalization_of(
     checkpoint's recorded data's for its weights, and timm's, assumed, for any other weights file."""
     cfg = pretrained_cfg(arch)
     if file is not None and file.description and "mean" in file.description:
-        trained_on = str(file.description.get("class_path", "its")).rpartition(".")[2]
-        source = f"the weights in {weights!r} (trained on {trained_on} images)"
+        trained_on = str(file.description.get("class_path", "other")).rpartition(".")[2]
+        source = f"the weights in {weights!r} (trained on {trained_on} data)"
         return WeightsNormalization(tuple(file.description["mean"]), tuple(file.description["std"]), source)
     if cfg is None:
         return None
