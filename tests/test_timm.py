@@ -28,11 +28,13 @@ from torch import nn
 
 import proj.cli
 import proj.export
+import proj.fit
 from conftest import datamodule, info_lines, quick_trainer, tiny_run_args
 from proj.checkpoints import load_classifier
 from proj.cli import ProjCLI
 from proj.data import MNISTDataModule
 from proj.data.base import IMAGENET_MEAN, IMAGENET_STD, WeightsNormalization
+from proj.data.synthetic import write_synthetic_cifar10
 from proj.errors import UserError
 from proj.models import TimmClassifier
 from proj.predict import predict_files
@@ -497,3 +499,42 @@ def test_onnx_export_answers_as_the_checkpoint(tmp_path):
     torch.testing.assert_close(torch.from_numpy(logits), expected, atol=1e-4, rtol=0)
     properties = {prop.key: prop.value for prop in onnx.load(str(onnx_file)).metadata_props}
     assert json.loads(properties["proj.mean"]) == pytest.approx([GRAY_IMAGENET[0]])  # how to prepare its inputs
+
+
+# The CPU recipe, configs/timm_small.yaml.
+
+TIMM_SMALL = str(Path(__file__).resolve().parents[1] / "configs" / "timm_small.yaml")
+RECIPE_DATA = {
+    "fashion": ([], "FashionMNISTDataModule", (1, 28, 28)),
+    "cifar": (["--data", "CIFAR10DataModule"], "CIFAR10DataModule", (3, 32, 32)),
+}
+
+
+@pytest.mark.parametrize("data", RECIPE_DATA)
+def test_timm_small_builds_through_the_cli(tmp_path, data):
+    """The recipe with proj.gpu_check's flags: its network with the small-input stem, for Fashion-MNIST's 1x28x28
+    images or, with --data CIFAR10DataModule, CIFAR-10's 3x32x32."""
+    flags, data_class, shape = RECIPE_DATA[data]
+    cli = ProjCLI(
+        args=["--config", TIMM_SMALL, *flags, "--data.data_dir", str(tmp_path), "--trainer.accelerator", "cpu"],
+        run=False,
+    )
+    assert type(cli.datamodule).__name__ == data_class
+    assert isinstance(cli.model, TimmClassifier) and cli.model.hparams["arch"] == "mobilenetv3_small_050"
+    assert cli.model.hparams["input_shape"] == list(shape) and cli.model.hparams["num_classes"] == 10
+    assert cli.model.net.conv_stem.stride == (1, 1)  # the small-input stem
+    assert cli.model.eval()(torch.zeros(2, *shape)).shape == (2, 10)
+
+
+@pytest.mark.slow
+def test_timm_small_trains_on_cifar_format_files(tmp_path):
+    data = write_synthetic_cifar10(tmp_path / "data", num_train=200, num_test=20)
+    proj.fit.main(
+        [
+            *("--config", TIMM_SMALL, "--data", "CIFAR10DataModule", "--data.data_dir", str(data)),
+            *("--data.val_size", "40", "--data.num_workers", "0", "--trainer.max_epochs", "1"),
+            *("--trainer.limit_train_batches", "1", "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")),
+        ]
+    )
+    (best,) = (tmp_path / "logs" / "timm_small" / "version_0" / "checkpoints").glob("epoch00-*.ckpt")
+    assert load_classifier(best).hparams["input_shape"] == [3, 32, 32]
