@@ -1,0 +1,74 @@
+"""`proj.bench_defaults` (`make bench-defaults`): the panel's data sets are what they claim, and the tool runs end to
+end on tiny sizes, every set in both loops (figures are not asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from PIL import Image
+
+from proj import bench_defaults
+from proj.data import CIFAR10DataModule, ImageFolderDataModule
+from proj.data.synthetic import write_cifar10_batches
+
+
+def test_the_panel_runs_every_set_in_both_loops(tmp_path, capsys):
+    output = tmp_path / "defaults.json"
+    args = f"--data_dir {tmp_path / 'no-mnist'} --train 40 --test 20 --epochs 1 --models cnn --output {output}"
+    bench_defaults.main(args.split())
+
+    report = json.loads(output.read_text())
+    assert list(report["sets"]) == ["mnist", "fashion", "colour", "cifar", "mixed"]
+    for name, row in report["sets"].items():
+        assert row["images"] == "36/4/20", name  # a tenth of --train held out for validation, in both loops
+        assert row["source"].startswith("synthetic"), name  # no real MNIST in --data_dir
+        scores = row["cnn"]
+        assert 0 <= scores["defaults"] <= 1 and 0 <= scores["plain"] <= 1, name
+        assert scores["gap"] == scores["defaults"] - scores["plain"]
+        assert [len(row["runs"]["cnn"][loop]) for loop in ("defaults", "plain")] == [1, 1]
+    assert report["sets"]["mixed"]["shape"][0] == 3 and report["sets"]["mnist"]["shape"] == [1, 28, 28]
+    table = capsys.readouterr().out.split("gap: defaults minus plain")[0].splitlines()[-6:]
+    assert table[0].split() == ["set", "shape", "train/val/test", "cnn", "defaults", "plain", "gap"]
+    assert [line.split()[0] for line in table[1:]] == list(report["sets"])
+
+
+def test_colour_images_are_coloured_glyphs_in_class_folders(tmp_path):
+    panel = bench_defaults.make_panel(str(tmp_path / "no-mnist"), tmp_path, ["colour", "mixed"], 30, 20, seed=0)
+    root = tmp_path / "colour"
+    assert panel["colour"]["flags"] == ["--data", "ImageFolderDataModule", "--data.root", str(root)]
+    assert sorted(folder.name for folder in (root / "train").iterdir()) == [str(digit) for digit in range(10)]
+    assert sum(1 for _ in (root / "test").rglob("*.png")) == 20
+    images = [Image.open(path) for path in sorted((root / "train").rglob("*.png"))]
+    assert len(images) == 30 and {(image.mode, image.size) for image in images} == {("RGB", (32, 32))}
+    pixels = torch.stack([torch.tensor(list(image.getdata()), dtype=torch.float32) for image in images])
+    assert (pixels[..., 0] - pixels[..., 1]).abs().mean() > 20  # colour, not gray
+    data = ImageFolderDataModule(root)
+    assert data.input_shape == (3, 32, 32) and data.num_classes == 10
+
+    sizes = {Image.open(path).size for path in (tmp_path / "mixed").rglob("*.png")}
+    assert len(sizes) >= 10 and all(20 <= side <= 48 for size in sizes for side in size)
+
+
+def test_colourise_keeps_the_glyph_visible():
+    glyphs = torch.zeros(64, 28, 28, dtype=torch.uint8)
+    glyphs[:, 10:18, 10:18] = 255
+    images = bench_defaults.colourise(glyphs, torch.Generator().manual_seed(0))
+    assert images.shape == (64, 3, 32, 32) and images.dtype == torch.uint8
+    # The glyph's colour is far from the background around it: the class stays visible in every image.
+    centre, corner = (images[:, :, rows, rows].float().mean(dim=(2, 3)) for rows in (slice(15, 17), slice(0, 2)))
+    assert (centre - corner).norm(dim=1).min() > 60
+
+
+def test_cifar_format_files_load_through_the_cifar_data_module(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    glyphs = torch.randint(0, 256, (25, 28, 28), dtype=torch.uint8, generator=generator)
+    images, labels = bench_defaults.colourise(glyphs, generator), torch.arange(25) % 10
+    train, test = bench_defaults.cifar_rows(images, labels), bench_defaults.cifar_rows(images[:5], labels[:5])
+    write_cifar10_batches(tmp_path, train, test)
+
+    data = CIFAR10DataModule(tmp_path, download=False, val_size=5)
+    data.check()
+    read_images, read_labels = data.decoded()["train"]
+    assert torch.equal(read_images, images) and torch.equal(read_labels, labels)
+    assert torch.equal(data.decoded()["test"][0], images[:5])
