@@ -54,7 +54,8 @@ mlflow-server:  ## MLflow's tracking server on 127.0.0.1:$(MLFLOW_PORT): runs in
 		--backend-store-uri sqlite:///mlflow.db --artifacts-destination ./mlartifacts
 
 clean:  ## remove logs/, the bench JSON files and the tools' caches
-	rm -rf logs bench.json bench-cache.json bench-growth.json bench-defaults.json bench-serve.json .pytest_cache .mypy_cache .ruff_cache
+	rm -rf logs bench.json bench-cache.json bench-growth.json bench-defaults.json bench-serve.json bench-transfer.json \
+		.pytest_cache .mypy_cache .ruff_cache
 
 .PHONY: serve bench-serve
 PORT ?= 8000
@@ -64,6 +65,10 @@ serve:  ## serve CKPT=<a .ckpt> over HTTP on 127.0.0.1:$(PORT): POST /predict, G
 
 bench-serve:  ## requests/s and p50/p99 latency of proj.serve (batching on/off, PyTorch/ONNX) vs a plain server, MLP and CNN
 	$(PYTHON) -m proj.serve_bench --data_dir $(DATA) --output bench-serve.json
+
+.PHONY: bench-transfer
+bench-transfer:  ## transfer: a timm net pretrained on Fashion classes 0-4 vs from scratch on 5-9, 50/100 images a class, 3 seeds
+	$(PYTHON) -m proj.transfer --data_dir $(DATA) --output bench-transfer.json
 
 .PHONY: gpu-check
 gpu-check:  ## on a CUDA GPU: fit cnn.yaml, timm_small.yaml and bf16-mixed, time an epoch, check predict/export (else says so)

@@ -332,6 +332,10 @@ CATALOGUE = {
         lambda tmp, logs: timm_weights(tmp, "other normalisation"),
         ["expect inputs normalised with mean [0.286]", "normalises with its own statistics", "--data.normalization"],
     ),
+    "a new head for weights that are not loaded": (
+        ["--model", "TimmClassifier", "--model.arch", "test_resnet", "--model.reset_head", "true"],
+        ["--model.reset_head true", "none are loaded", "--model.weights FILE or --model.pretrained true"],
+    ),
     "W&B project name W&B refuses": (
         ["--trainer.logger", "WandbLogger", "--trainer.logger.init_args.project", "my/project"],
         ["--trainer.logger.init_args.project", "'my/project'", "cannot contain", "choose another name"],

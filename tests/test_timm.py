@@ -171,6 +171,25 @@ def test_weights_file_loads_with_head_and_first_conv_adapted(tmp_path, name, lig
     assert "conv1.0 adapted from 3 input channels to 1" in line and "fc re-initialised (10 classes here, 1000" in line
 
 
+def test_reset_head_starts_a_fitting_head_afresh(tmp_path, lightning_info):
+    """A proj checkpoint of another task with as many classes: its head fits and is kept, unless --model.reset_head."""
+    torch.manual_seed(0)
+    trained = TimmClassifier(arch="test_resnet", **MNIST_SHAPE)
+    path = tmp_path / "other_task.ckpt"
+    torch.save({"state_dict": {f"net.{key}": value for key, value in trained.net.state_dict().items()}}, path)
+    kept = TimmClassifier(arch="test_resnet", weights=str(path), **MNIST_SHAPE)
+    assert torch.equal(kept.net.fc.weight, trained.net.fc.weight)
+    reset = TimmClassifier(arch="test_resnet", weights=str(path), reset_head=True, **MNIST_SHAPE)
+    assert not torch.equal(reset.net.fc.weight, trained.net.fc.weight)
+    assert torch.equal(reset.net.conv1[0].weight, trained.net.conv1[0].weight)  # every other tensor loaded
+    line = info_lines(lightning_info)[-1]
+    assert f"loaded {len(trained.net.state_dict()) - 2} tensors" in line
+    assert "fc re-initialised (--model.reset_head true)" in line
+    with pytest.raises(UserError) as error:
+        TimmClassifier(arch="test_resnet", reset_head=True, **MNIST_SHAPE)
+    assert "--model.reset_head true starts the head of loaded weights afresh, and none are loaded" in message(error)
+
+
 def test_weights_of_the_small_input_stem_load_into_it(tmp_path):
     """A proj checkpoint of a resnet18 with the small-input stem (3x3 conv1) restarts another; ImageNet's 7x7 conv1
     does not fit that stem and is left, said so."""

@@ -68,6 +68,9 @@ class TimmClassifier(ImageClassifier):
             .safetensors file, or a proj checkpoint (.ckpt). The classifier head is re-initialised when the class
             count differs, the first convolution adapted when the channel count differs (timm's adapt_input_conv);
             every other tensor must fit.
+        reset_head: start the classifier head at random even where the loaded weights' head fits: for a new task
+            with as many classes as theirs, whose head answers the old task's classes (the transfer experiment in
+            README "Measured": a kept head costs the fine-tune accuracy). Needs --model.weights or --model.pretrained.
         small_input: replace the ImageNet stem by a stride-1 3x3 convolution without max-pool (as CIFAR ResNets
             do), so that small images keep their resolution to the last stage; None (default): on for images of at
             most 64 pixels a side, where the convolution stem allows it.
@@ -83,6 +86,7 @@ class TimmClassifier(ImageClassifier):
         arch: str = "resnet18",
         pretrained: bool = False,
         weights: str | None = None,
+        reset_head: bool = False,
         small_input: bool | None = None,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
@@ -93,6 +97,11 @@ class TimmClassifier(ImageClassifier):
         if pretrained and weights is not None:
             raise UserError(
                 "--model.pretrained true and --model.weights FILE both choose the initial weights: pass one of them."
+            )
+        if reset_head and not (pretrained or weights is not None):
+            raise UserError(
+                "--model.reset_head true starts the head of loaded weights afresh, and none are loaded: add "
+                "--model.weights FILE or --model.pretrained true (without them every layer starts at random)."
             )
         for name, rate in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate)):
             if not 0 <= rate < 1:
@@ -106,7 +115,7 @@ class TimmClassifier(ImageClassifier):
         if not is_restoring() and (pretrained or weights is not None):
             path, source = pretrained_file(arch) if pretrained else (Path(str(weights)), weights_source(str(weights)))
             file = read_weights(path)
-            loaded = fit_weights(self.net, file, source, arch, stem.new if stem else set())
+            loaded = fit_weights(self.net, file, source, arch, stem.new if stem else set(), reset_head)
             self.input_normalization = normalization_of(arch, pretrained, file, str(weights))
         else:
             self.input_normalization = self.weights_normalization(self.hparams)
@@ -344,10 +353,12 @@ def read_weights(path: Path) -> WeightsFile:
     return WeightsFile(state, description, arch if isinstance(arch, str) else None)
 
 
-def fit_weights(net: nn.Module, file: WeightsFile, source: str, arch: str, new: set[str]) -> str:
+def fit_weights(
+    net: nn.Module, file: WeightsFile, source: str, arch: str, new: set[str], reset_head: bool = False
+) -> str:
     """Load the file's tensors into `net`: each must fit, but for the classifier (re-initialised when the class
-    count differs), the first convolution (adapted by timm to another channel count) and the modules the
-    small-input stem made anew. What was loaded, adapted and left, in words."""
+    count differs, or `reset_head`), the first convolution (adapted by timm to another channel count) and the
+    modules the small-input stem made anew. What was loaded, adapted and left, in words."""
     from timm.models import adapt_input_conv
 
     heads, stems = module_names(net, "classifier"), module_names(net, "first_conv")
@@ -364,11 +375,13 @@ def fit_weights(net: nn.Module, file: WeightsFile, source: str, arch: str, new: 
                 f"{source} do not fit {arch}: its {key} {tuple(target.shape)} is not in the file, whose first "
                 f"tensor is {first} {tuple(file.state[first].shape)}: {fix}."
             )
-        if found.shape == target.shape:
-            loaded[key] = found
-        elif module in heads:
+        if module in heads and (reset_head or found.shape != target.shape):
             if key.endswith("weight"):
-                notes.append(f"{module} re-initialised ({target.shape[0]} classes here, {found.shape[0]} in the file)")
+                classes = f"{target.shape[0]} classes here, {found.shape[0]} in the file"
+                why = "--model.reset_head true" if found.shape == target.shape else classes
+                notes.append(f"{module} re-initialised ({why})")
+        elif found.shape == target.shape:
+            loaded[key] = found
         elif module in new:
             notes.append(f"{module} trained from scratch (the small-input stem's)")
         elif module in stems and found.ndim == 4 and other_channels(found, target):
