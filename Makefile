@@ -1,7 +1,7 @@
 PYTHON ?= python3
 .DEFAULT_GOAL := help
 
-.PHONY: help install test test-unit lint typecheck smoke bench bench-cache bench-growth notebooks tensorboard clean
+.PHONY: help install test test-unit lint typecheck smoke bench bench-cache bench-growth bench-defaults notebooks tensorboard clean
 
 help:  ## this list: each target and what it does (`make` alone prints it)
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "%-14s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ bench-cache:  ## the resident cache: decode and load seconds, memory, for MNIST,
 bench-growth:  ## an epoch's seconds and peak memory at 1, 2, 4 and 8 x 7,500 training images, both pipelines
 	$(PYTHON) -m proj.bench --growth 7500 --output bench-growth.json
 
+bench-defaults:  ## test accuracy of MLP and CNN with the class defaults vs a plain PyTorch loop, on five data sets (~15 min)
+	$(PYTHON) -m proj.bench_defaults --data_dir $(DATA) --output bench-defaults.json
+
 notebooks:  ## execute notebooks/*.ipynb (outputs are not saved) on MNIST in $(DATA)
 	PROJ_DATA_DIR=$(abspath $(DATA)) $(PYTHON) -m pytest --nbmake notebooks/
 
@@ -51,7 +54,8 @@ mlflow-server:  ## MLflow's tracking server on 127.0.0.1:$(MLFLOW_PORT): runs in
 		--backend-store-uri sqlite:///mlflow.db --artifacts-destination ./mlartifacts
 
 clean:  ## remove logs/, the bench JSON files and the tools' caches
-	rm -rf logs bench.json bench-cache.json bench-growth.json bench-serve.json bench-transfer.json .pytest_cache .mypy_cache .ruff_cache
+	rm -rf logs bench.json bench-cache.json bench-growth.json bench-defaults.json bench-serve.json bench-transfer.json \
+		.pytest_cache .mypy_cache .ruff_cache
 
 .PHONY: serve bench-serve
 PORT ?= 8000

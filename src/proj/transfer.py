@@ -261,7 +261,7 @@ def run(
     output_path = check_output(output, "--output")
     if threads is not None:
         torch.set_num_threads(threads)
-    start, load = time.perf_counter(), os.getloadavg()
+    start, load = time.perf_counter(), list(os.getloadavg())
     tasks = write_tasks(data_dir, root, source_classes, target_classes, source_per_class, target_per_class, data_seed)
     for task in tasks.values():
         counts = task["images_per_class"]
@@ -314,7 +314,7 @@ def run(
             for count in sorted({r["images_per_class"] for r in runs})
         ],
         "seconds": round(time.perf_counter() - start, 1),
-        "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "load": [load, os.getloadavg()]},
+        "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "load": [load, list(os.getloadavg())]},
     }
     target = next(task for name, task in tasks.items() if name != "source")["images_per_class"]["test"]
     print(

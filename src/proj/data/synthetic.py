@@ -89,18 +89,28 @@ def python2_pickle(obj: object) -> bytes:
 
 
 def write_synthetic_cifar10(root: str | Path, num_train: int = 500, num_test: int = 100, seed: int = 0) -> Path:
-    """Write `root/cifar-10-batches-py/` in the real format: data_batch_1..5 (the training images, split in
-    five), test_batch and batches.meta, each a plain dict pickled as Python 2 wrote the original files (`data`
-    a uint8 array (N, 3072), `labels` a list of ints). Returns `root`, ready to pass as `data_dir`."""
+    """Write `root/cifar-10-batches-py/` in the real format (`write_cifar10_batches`) with learnable synthetic
+    images (`synthetic_cifar10_split`). Returns `root`, ready to pass as `data_dir`."""
     generator = torch.Generator().manual_seed(seed)
+    train = synthetic_cifar10_split(num_train, generator)
+    return write_cifar10_batches(root, train, synthetic_cifar10_split(num_test, generator))
+
+
+def write_cifar10_batches(
+    root: str | Path, train: tuple[np.ndarray, list[int]], test: tuple[np.ndarray, list[int]]
+) -> Path:
+    """Write `root/cifar-10-batches-py/` in the real format: data_batch_1..5 (the `train` rows split in five),
+    test_batch and batches.meta, each a plain dict pickled as Python 2 wrote the original files (`data` a uint8
+    array (N, 3072), the R, G, B planes of each image, `labels` a list of ints). Returns `root`, ready to pass
+    as `data_dir`."""
     folder = Path(root) / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
-    data, labels = synthetic_cifar10_split(num_train, generator)
-    bounds = [round(num_train * part / 5) for part in range(6)]
+    data, labels = train
+    bounds = [round(len(labels) * part / 5) for part in range(6)]
     batches = {
         f"data_batch_{n}": (data[bounds[n - 1] : bounds[n]], labels[bounds[n - 1] : bounds[n]]) for n in range(1, 6)
     }
-    batches["test_batch"] = synthetic_cifar10_split(num_test, generator)
+    batches["test_batch"] = test
     for name, (rows, targets) in batches.items():
         batch = {
             "batch_label": f"synthetic {name}",
