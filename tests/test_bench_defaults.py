@@ -53,6 +53,18 @@ def test_colour_images_are_coloured_glyphs_in_class_folders(tmp_path):
     assert len(sizes) >= 10 and all(20 <= side <= 48 for size in sizes for side in size)
 
 
+def test_a_set_holds_the_same_images_alone_as_in_the_whole_panel(tmp_path):
+    """`--sets mixed` reruns the panel's own mixed set: the coloured sets before it draw their colours all the same."""
+    bench_defaults.make_panel(str(tmp_path / "no-mnist"), tmp_path / "alone", ["mixed"], 30, 20, seed=0)
+    bench_defaults.make_panel(str(tmp_path / "no-mnist"), tmp_path / "all", bench_defaults.SETS, 30, 20, seed=0)
+    alone, panel = (sorted((tmp_path / run / "mixed").rglob("*.png")) for run in ("alone", "all"))
+    assert [path.relative_to(tmp_path / "alone") for path in alone] == [
+        path.relative_to(tmp_path / "all") for path in panel
+    ]
+    assert all(first.read_bytes() == second.read_bytes() for first, second in zip(alone, panel, strict=True))
+    assert not (tmp_path / "alone" / "colour").exists()
+
+
 def test_colourise_keeps_the_glyph_visible():
     glyphs = torch.zeros(64, 28, 28, dtype=torch.uint8)
     glyphs[:, 10:18, 10:18] = 255

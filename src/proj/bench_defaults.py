@@ -157,9 +157,11 @@ def make_panel(
     generator = torch.Generator().manual_seed(seed)
     held_out = "--data.val_size=0.1"  # the IDX and CIFAR modules hold out 5,000 by default: more than a subset has
     panel: dict[str, dict[str, Any]] = {}
-    for name in sets:
+    # Every coloured set draws from the generator, in the panel's order, whether it is written or not: a set holds
+    # the same images alone (`--sets mixed`) as in the whole panel.
+    for name in SETS:
         root = scratch / name
-        if name in ("mnist", "fashion"):
+        if name in ("mnist", "fashion") and name in sets:
             folder = "MNIST" if name == "mnist" else "FashionMNIST"
             (images, labels), test_split, kind = source(folder)
             write_mnist_subset(images, labels, test_split, root, folder)
@@ -168,20 +170,26 @@ def make_panel(
         elif name == "cifar":
             (images, labels), (test_images, test_labels), kind = source("FashionMNIST")
             train_rows = cifar_rows(colourise(images, generator), labels)
-            write_cifar10_batches(root, train_rows, cifar_rows(colourise(test_images, generator), test_labels))
-            flags = ["--data", "CIFAR10DataModule", "--data.data_dir", str(root), "--data.download=false", held_out]
-            panel[name] = {"flags": flags, "source": f"{kind} Fashion-MNIST, coloured"}
-        else:
+            test_rows = cifar_rows(colourise(test_images, generator), test_labels)
+            if name in sets:
+                write_cifar10_batches(root, train_rows, test_rows)
+                flags = ["--data", "CIFAR10DataModule", "--data.data_dir", str(root), "--data.download=false"]
+                panel[name] = {"flags": [*flags, held_out], "source": f"{kind} Fashion-MNIST, coloured"}
+        elif name in ("colour", "mixed"):
             (images, labels), (test_images, test_labels), kind = source("MNIST")
             mixed = name == "mixed"
+            folders = []  # (split, images, labels, sizes)
             for split, (split_images, split_labels) in (
                 ("train", (images, labels)),
                 ("test", (test_images, test_labels)),
             ):
                 sizes = mixed_sizes(len(split_labels), generator) if mixed else None
-                write_folder(root, split, colourise(split_images, generator), split_labels, sizes)
-            what = f"{kind} MNIST, coloured" + (f", sides {MIXED_SIDES[0]}-{MIXED_SIDES[1]} px" if mixed else "")
-            panel[name] = {"flags": ["--data", "ImageFolderDataModule", "--data.root", str(root)], "source": what}
+                folders.append((split, colourise(split_images, generator), split_labels, sizes))
+            if name in sets:
+                for folder_split in folders:
+                    write_folder(root, *folder_split)
+                what = f"{kind} MNIST, coloured" + (f", sides {MIXED_SIDES[0]}-{MIXED_SIDES[1]} px" if mixed else "")
+                panel[name] = {"flags": ["--data", "ImageFolderDataModule", "--data.root", str(root)], "source": what}
     return panel
 
 

@@ -56,8 +56,8 @@ class CNNClassifier(ImageClassifier):
         dropout: probability of zeroing an input of the two fully connected layers during training.
         batch_norm: normalise each convolution's output over the batch.
         init: weight initialisation scheme. PyTorch's own by default: "kaiming" draws weights 2.4x larger, and its
-            larger output layer left the ReLU hidden layer almost no live unit under Adam (2-5% after the first
-            epoch on colour images, against 6-11% with PyTorch's): 23-52 points of test accuracy lost on the
+            larger output layer left the ReLU hidden layer almost no live unit under Adam (3-4% after the first
+            epoch on colour images, against 7-12% with PyTorch's): 15-52 points of test accuracy lost on the
             colour sets of `make bench-defaults` (README, "Defaults on data nobody tuned them for").
         convs_per_stage: 3x3 convolutions before each pooling; 2 gives a VGG-style network, deeper at about
             three times the compute.
