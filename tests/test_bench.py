@@ -23,13 +23,19 @@ def test_bench_reports_all_variants_and_ratios(tmp_path, capsys):
     results = json.loads(output.read_text())
     assert results["samples_per_epoch"] == 300  # the data module's training split, for every variant
     mlp = results["mlp"]
-    variants = {"a_classic", "b_torchvision", "c_resident", "d_ceiling", "e_fit", "f_ceiling_val"}
+    variants = {"a_classic", "b_torchvision", "c_resident", "d_ceiling", "e_fit", "f_ceiling_val", "g_lightning_val"}
     assert set(mlp["epoch_seconds"]) == variants
+    # (e) and (g) time the epochs after a first one (2 of a 3-epoch fit); the others one epoch a round.
+    assert {name: len(times) for name, times in mlp["every_epoch_seconds"].items()} == {
+        name: 2 if name in ("e_fit", "g_lightning_val") else 1 for name in variants
+    }
+    assert mlp["epoch_seconds"]["g_lightning_val"] == min(mlp["every_epoch_seconds"]["g_lightning_val"])
     assert all(seconds > 0 for seconds in mlp["epoch_seconds"].values())
     assert mlp["ratios"]["c/d"] == pytest.approx(mlp["epoch_seconds"]["c_resident"] / mlp["epoch_seconds"]["d_ceiling"])
     assert mlp["ratios"]["e/f"] == pytest.approx(mlp["epoch_seconds"]["e_fit"] / mlp["epoch_seconds"]["f_ceiling_val"])
+    assert mlp["ratios"]["e/g"] * mlp["ratios"]["g/f"] == pytest.approx(mlp["ratios"]["e/f"])
     out = capsys.readouterr().out
-    assert "c/a = " in out and "e/f = " in out
+    assert "c/a = " in out and "e/f = " in out and "e/g = " in out
 
 
 @pytest.mark.slow

@@ -13,6 +13,9 @@ same initial weights); the fastest epoch of each is reported. Two more columns t
               checkpoints, LR monitor, progress bar and the default TensorBoard figures (from the end of one
               epoch to the end of the next, so figures still being drawn in the background count)
 (f) ceiling+val   (d) plus a forward pass over the validation split: the compute of (e)
+(g) lightning+val the same model and data in a bare Lightning Trainer: validation, but no callback, logger,
+              checkpoint or progress bar (timed as (e)). e/g is what proj adds to Lightning, g/f what
+              Lightning's loop (and the model's step with its metrics) adds to the compute.
 
 Real MNIST when `--data_dir` holds it, else synthetic data of the same size.
 
@@ -67,13 +70,15 @@ from proj.tune import optimizer_lr_flag
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 Model = Literal["mlp", "cnn"]
-Variant = Literal["a_classic", "b_torchvision", "c_resident", "d_ceiling", "e_fit", "f_ceiling_val"]
+Variant = Literal["a_classic", "b_torchvision", "c_resident", "d_ceiling", "e_fit", "f_ceiling_val", "g_lightning_val"]
 VARIANTS: tuple[Variant, ...] = get_args(Variant)
 RATIOS = (
     ("b_torchvision", "a_classic"),
     ("c_resident", "a_classic"),
     ("c_resident", "d_ceiling"),
     ("e_fit", "f_ceiling_val"),
+    ("e_fit", "g_lightning_val"),
+    ("g_lightning_val", "f_ceiling_val"),
 )
 
 
@@ -193,6 +198,22 @@ def time_fit(config: str, data_dir: str, batch_size: int, epochs: int = 2) -> li
         flags += ["--data.batch_size", str(batch_size), "--trainer.max_epochs", str(epochs + 1)]
         cli = build([*flags, "--trainer.logger.init_args.save_dir", logs], callbacks=[timer])
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return timer.seconds
+
+
+def time_lightning(model: ImageClassifier, data_dir: str, batch_size: int, epochs: int = 2) -> list[float]:
+    """`epochs` epochs with validation in a Trainer with nothing added, after a first one (as `time_fit`)."""
+    timer = EpochEnds()
+    trainer = pl.Trainer(
+        max_epochs=epochs + 1,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
+    trainer.fit(model, datamodule=MNISTDataModule(data_dir, batch_size=batch_size))
     return timer.seconds
 
 
@@ -518,6 +539,7 @@ def epoch_table(
                 val=val_split,
                 batch_size=size,
             ),
+            "g_lightning_val": partial(time_lightning, data_dir=data_dir, batch_size=size),
         }
         # Rounds of one epoch per variant, interleaved, so that drift in the machine's speed (other load,
         # clock changes) reaches every variant alike; each epoch starts from the same initial weights.
@@ -534,6 +556,8 @@ def epoch_table(
         results[name] = {
             "batch_size": size,
             "epoch_seconds": seconds,
+            # Every timed epoch: on a shared machine the spread says how far to trust the fastest.
+            "every_epoch_seconds": epoch_times,
             "samples_per_second": {k: samples / v for k, v in seconds.items()},
             "ratios": ratios,
         }
