@@ -173,12 +173,17 @@ def test_weights_file_loads_with_head_and_first_conv_adapted(tmp_path, name, lig
     assert "conv1.0 adapted from 3 input channels to 1" in line and "fc re-initialised (10 classes here, 1000" in line
 
 
+def write_net_checkpoint(path: Path, model: TimmClassifier) -> None:
+    """A proj checkpoint holding only the model's network, as `--model.weights` reads one."""
+    torch.save({"state_dict": {f"net.{key}": value for key, value in model.net.state_dict().items()}}, path)
+
+
 def test_reset_head_starts_a_fitting_head_afresh(tmp_path, lightning_info):
     """A proj checkpoint of another task with as many classes: its head fits and is kept, unless --model.reset_head."""
     torch.manual_seed(0)
     trained = TimmClassifier(arch="test_resnet", **MNIST_SHAPE)
     path = tmp_path / "other_task.ckpt"
-    torch.save({"state_dict": {f"net.{key}": value for key, value in trained.net.state_dict().items()}}, path)
+    write_net_checkpoint(path, trained)
     kept = TimmClassifier(arch="test_resnet", weights=str(path), **MNIST_SHAPE)
     assert torch.equal(kept.net.fc.weight, trained.net.fc.weight)
     reset = TimmClassifier(arch="test_resnet", weights=str(path), reset_head=True, **MNIST_SHAPE)
@@ -198,7 +203,7 @@ def test_weights_of_the_small_input_stem_load_into_it(tmp_path):
     torch.manual_seed(0)
     trained = TimmClassifier(arch="resnet18", **MNIST_SHAPE)
     path = tmp_path / "small.ckpt"
-    torch.save({"state_dict": {f"net.{key}": value for key, value in trained.net.state_dict().items()}}, path)
+    write_net_checkpoint(path, trained)
     model = TimmClassifier(arch="resnet18", weights=str(path), **MNIST_SHAPE)
     assert torch.equal(model.net.conv1.weight, trained.net.conv1.weight)
     imagenet = write_weights(tmp_path / "imagenet.pth", imagenet_state("resnet18"))

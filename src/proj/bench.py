@@ -172,20 +172,24 @@ def time_classic(model: ImageClassifier, data_dir: str, batch_size: int, workers
     return seconds
 
 
-def time_proj(model: ImageClassifier, data_dir: str, pipeline: str, batch_size: int, epochs: int = 1) -> list[float]:
-    timer = EpochTimer()
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        limit_val_batches=0,
+def bare_trainer(timer: pl.Callback, max_epochs: int, **flags: Any) -> pl.Trainer:
+    """A Trainer with nothing added (no logger, checkpoint, progress bar, summary or sanity check) but `timer`."""
+    return pl.Trainer(
+        max_epochs=max_epochs,
         num_sanity_val_steps=0,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=[timer],
+        **flags,
     )
+
+
+def time_proj(model: ImageClassifier, data_dir: str, pipeline: str, batch_size: int, epochs: int = 1) -> list[float]:
+    timer = EpochTimer()
     data = MNISTDataModule(data_dir, batch_size=batch_size, pipeline=pipeline)
-    trainer.fit(model, datamodule=data)
+    bare_trainer(timer, epochs, limit_val_batches=0).fit(model, datamodule=data)
     return timer.seconds
 
 
@@ -204,16 +208,7 @@ def time_fit(config: str, data_dir: str, batch_size: int, epochs: int = 2) -> li
 def time_lightning(model: ImageClassifier, data_dir: str, batch_size: int, epochs: int = 2) -> list[float]:
     """`epochs` epochs with validation in a Trainer with nothing added, after a first one (as `time_fit`)."""
     timer = EpochEnds()
-    trainer = pl.Trainer(
-        max_epochs=epochs + 1,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
-    )
-    trainer.fit(model, datamodule=MNISTDataModule(data_dir, batch_size=batch_size))
+    bare_trainer(timer, epochs + 1).fit(model, datamodule=MNISTDataModule(data_dir, batch_size=batch_size))
     return timer.seconds
 
 
