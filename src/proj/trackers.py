@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from jsonargparse import Namespace
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
-from torch import Tensor
 
 from proj.errors import UserError
 from proj.runs import is_logger, logger_configs
@@ -97,12 +97,11 @@ def check_wandb_project(project: str | None) -> None:
 IMAGE_LOGGERS = (TensorBoardLogger, MLFlowLogger, WandbLogger)  # the loggers that show images
 
 
-def log_image(loggers: Sequence[Logger], tag: str, image: Tensor, step: int) -> None:
-    """A (3, H, W) uint8 image to each logger that takes images (IMAGE_LOGGERS); the others skip it."""
-    pixels = image.permute(1, 2, 0).numpy()
+def log_image(loggers: Sequence[Logger], tag: str, pixels: np.ndarray, step: int) -> None:
+    """An (H, W, 3) uint8 image to each logger that takes images (IMAGE_LOGGERS); the others skip it."""
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_image(tag, image, global_step=step)
+            logger.experiment.add_image(tag, pixels, global_step=step, dataformats="HWC")
         elif isinstance(logger, MLFlowLogger):
             logger.experiment.log_image(logger.run_id, pixels, key=tag, step=step)
         elif isinstance(logger, WandbLogger):

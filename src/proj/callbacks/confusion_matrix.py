@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
@@ -41,7 +42,7 @@ class ConfusionMatrix(FigureCallback):
         if trainer.sanity_checking or not self.shows_figures(trainer):
             return
         assert isinstance(pl_module, ImageClassifier)  # its classes' names label the axes
-        matrix, names = self.matrix.compute().cpu().clone(), pl_module.class_names()
+        matrix, names = self.matrix.compute().cpu().numpy().copy(), pl_module.class_names()  # drawn on another thread
         self.log_figure(trainer, "val/confusion_matrix", lambda: confusion_figure(matrix, names), trainer.global_step)
 
 
@@ -50,10 +51,11 @@ def cell_colour(share: float) -> tuple[int, int, int]:
     return tuple(round(255 + share * (dark - 255)) for dark in (8, 48, 107))  # type: ignore[return-value]
 
 
-def confusion_figure(matrix: Tensor, names: list[str]) -> Drawing:
+def confusion_figure(matrix: Tensor | np.ndarray, names: list[str]) -> Drawing:
     """The (C, C) matrix of counts (rows: label, columns: prediction) drawn: cells shaded by count, the counts
-    written in them (up to 20 classes), rows and columns labelled with `names`."""
-    count, counts = len(names), matrix.cpu().long()
+    written in them (up to 20 classes), rows and columns labelled with `names`. NumPy and Pillow only: it runs on
+    the figure thread (see proj.callbacks.figures)."""
+    count, counts = len(names), np.asarray(matrix, dtype=np.int64)  # a CPU tensor read without a torch op
     side = max(16, min(40, 400 // max(count, 1)))  # a cell's pixels
     size = 11 if side >= 28 else 9
     name_width = math.ceil(max(font(size).getlength(name) for name in names)) + 8

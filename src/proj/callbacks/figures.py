@@ -1,5 +1,11 @@
-"""Figures for every tracker that shows images: drawn as image tensors with Pillow (a few milliseconds, where a
-matplotlib figure took 0.1-0.3 s, PITFALLS 15), and sent to the trackers off the training loop."""
+"""Figures for every tracker that shows images: drawn as images with Pillow (a few milliseconds, where a
+matplotlib figure took 0.1-0.3 s, PITFALLS 15), and sent to the trackers off the training loop.
+
+The figure thread runs no torch op, only NumPy and Pillow: a torch op on a second thread gives OpenMP a second team
+of worker threads for the rest of the process, and with more OpenMP threads than cores, OpenMP stops spinning
+between parallel regions (GOMP_SPINCOUNT is throttled): every later training step waits on thread wake-ups. Here,
+2 cores, that made the CNN's epoch 1.3-1.6x slower for good after the first figure.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +14,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cache
 
 import numpy as np
-import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from PIL import Image, ImageDraw, ImageFont
-from torch import Tensor
 
 from proj.trackers import IMAGE_LOGGERS, log_image
 
@@ -46,15 +50,16 @@ class Drawing:
         self.canvas.paste(box.canvas.rotate(90, expand=True), xy)
         self.texts.append((text, xy))
 
-    def tensor(self) -> Tensor:
-        """The (3, H, W) uint8 tensor trackers take."""
-        return torch.from_numpy(np.asarray(self.canvas).copy()).permute(2, 0, 1)
+    def pixels(self) -> np.ndarray:
+        """The (H, W, 3) uint8 array trackers take."""
+        return np.asarray(self.canvas).copy()
 
 
 class FigureCallback(Callback):
     """A callback that logs figures to every tracker that takes images (TensorBoard, MLflow, W&B; the others are
     skipped). Drawing and sending happen on a background thread from data the callback has copied, and the fit
-    waits for them only when it ends (before the loggers close)."""
+    waits for them only when it ends (before the loggers close). Drawing uses NumPy and Pillow, never torch (see
+    the module's docstring)."""
 
     def __init__(self) -> None:
         self._sending: list[Future[None]] = []
@@ -65,11 +70,11 @@ class FigureCallback(Callback):
         return trainer.is_global_zero and any(isinstance(logger, IMAGE_LOGGERS) for logger in trainer.loggers)
 
     def log_figure(self, trainer: Trainer, tag: str, draw: Callable[[], Drawing], step: int) -> None:
-        """Logs `draw()` under `tag` at `step` to the trainer's loggers that take images;
-        `draw` must use only data no later batch changes."""
+        """Logs `draw()` under `tag` at `step` to the trainer's loggers that take images; `draw` must use only data
+        no later batch changes, and no torch op (tensors on the CPU read through NumPy)."""
         loggers = [logger for logger in trainer.loggers if isinstance(logger, IMAGE_LOGGERS)]
         self._sending = [future for future in self._sending if not future.done()]
-        self._sending.append(_SENDING.submit(lambda: log_image(loggers, tag, draw().tensor(), step)))
+        self._sending.append(_SENDING.submit(lambda: log_image(loggers, tag, draw().pixels(), step)))
 
     def wait(self) -> None:
         """Every figure submitted so far is with the trackers (an error while drawing one is raised here)."""

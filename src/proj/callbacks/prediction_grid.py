@@ -6,12 +6,10 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-import torch.nn.functional as F
+import numpy as np
 from lightning.pytorch import LightningModule, Trainer
 from PIL import Image
 from torch import Tensor
-from torchvision.utils import make_grid
 
 from proj.callbacks.figures import Drawing, FigureCallback, font
 from proj.models.base import ImageClassifier
@@ -44,8 +42,10 @@ class PredictionGrid(FigureCallback):
             return
         images, labels = batch
         count = self.num_images
-        # Copies on the CPU: the figure is drawn later, on another thread (FigureCallback).
-        images, labels, preds = (tensor[:count].detach().cpu().clone() for tensor in (images, labels, outputs["preds"]))
+        # NumPy copies: the figure is drawn later, on another thread, with no torch op (FigureCallback).
+        images, labels, preds = (
+            tensor[:count].detach().cpu().numpy().copy() for tensor in (images, labels, outputs["preds"])
+        )
         assert isinstance(pl_module, ImageClassifier)  # it draws what the classifier's data says of itself
         names, mean, std = pl_module.class_names(), pl_module.data_fact("mean"), pl_module.data_fact("std")
 
@@ -60,9 +60,9 @@ def short(name: str) -> str:
 
 
 def prediction_figure(
-    images: Tensor,
-    labels: Tensor,
-    preds: Tensor,
+    images: Tensor | np.ndarray,
+    labels: Tensor | Sequence[int],
+    preds: Tensor | Sequence[int],
     columns: int = 8,
     names: Sequence[str] | None = None,
     mean: Sequence[float] | None = None,
@@ -71,37 +71,39 @@ def prediction_figure(
     """A grid of (B, C, H, W) images, grayscale or colour, with "prediction (label)"
     under each (on red for a mistake), by class name when `names` are given (cut to 8 characters). The images are
     shown as the data set stores them when its normalisation (`mean`, `std`, per channel) is given, else stretched
-    to their full range."""
-    images = images.detach().float().cpu()
-    channels, height, width = images.shape[1:]
+    to their full range. NumPy and Pillow only: it runs on the figure thread (see proj.callbacks.figures)."""
+    pixels = np.asarray(images, dtype=np.float32)  # a CPU tensor's memory, read without a torch op
+    channels, height, width = pixels.shape[1:]
     if mean is not None and std is not None and len(mean) == len(std) == channels:
-        images = (images * torch.tensor(std).view(-1, 1, 1) + torch.tensor(mean).view(-1, 1, 1)).clamp(0, 1)
+        shape = (-1, 1, 1)
+        pixels = (pixels * np.reshape(std, shape) + np.reshape(mean, shape)).clip(0, 1)
     else:
-        low, high = images.min(), images.max()
-        images = (images - low) / (high - low).clamp(min=1e-12)
+        low, high = float(pixels.min()), float(pixels.max())
+        pixels = (pixels - low) / max(high - low, 1e-12)
+    tiles = (pixels * 255).round().astype(np.uint8).transpose(0, 2, 3, 1)  # (B, H, W, C)
     if channels == 1:
-        images = images.expand(-1, 3, -1, -1)
+        tiles = tiles.repeat(3, axis=3)
     scale = max(1, math.ceil(MIN_SIDE / max(height, width)))
-    images = F.interpolate(images, scale_factor=scale, mode="nearest") if scale > 1 else images
+    tiles = tiles.repeat(scale, axis=1).repeat(scale, axis=2)  # nearest neighbour: each pixel a square
     label_names = [short(name) for name in names] if names is not None else None
+    pairs = list(zip(np.asarray(preds).tolist(), np.asarray(labels).tolist(), strict=False))[: len(tiles)]
     texts = [
         f"{pred} ({label})" if label_names is None else f"{label_names[pred]} ({label_names[label]})"
-        for pred, label in zip(preds.tolist(), labels.tolist(), strict=False)
-    ][: len(images)]
+        for pred, label in pairs
+    ]
     text_width = math.ceil(max((font().getlength(text) for text in texts), default=0)) + 4
-    cell_width = max(width * scale, text_width)
-    # Each image centred in its cell, above the strip its caption is written on.
-    sides = cell_width - width * scale
-    cells = F.pad(images, (sides // 2, sides - sides // 2, 0, CAPTION), value=1.0)
-    grid = make_grid(cells, nrow=columns, padding=PADDING, pad_value=1.0)
-    drawing = Drawing(grid.shape[2], grid.shape[1] + TITLE)
-    drawing.canvas.paste(Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy()), (0, TITLE))
+    cell_width, cell_height = max(width * scale, text_width), height * scale + CAPTION
+    rows, shown_columns = math.ceil(len(texts) / columns), min(columns, len(texts))
+    drawing = Drawing(
+        PADDING + shown_columns * (cell_width + PADDING), TITLE + PADDING + rows * (cell_height + PADDING)
+    )
     drawing.text((PADDING, 3), "prediction (label); mistakes in red", 12)
-    cell_height = height * scale + CAPTION
-    for index, (text, pred, label) in enumerate(zip(texts, preds.tolist(), labels.tolist(), strict=False)):
+    for index, (tile, text, (pred, label)) in enumerate(zip(tiles, texts, pairs, strict=False)):
         row, column = divmod(index, columns)
         left = PADDING + column * (cell_width + PADDING)
-        top = TITLE + PADDING + row * (cell_height + PADDING) + height * scale
+        top = TITLE + PADDING + row * (cell_height + PADDING)
+        drawing.canvas.paste(Image.fromarray(tile), (left + (cell_width - width * scale) // 2, top))
+        top += height * scale  # the caption strip, under the image
         background = RIGHT if pred == label else MISTAKE
         drawing.draw.rectangle((left, top, left + cell_width - 1, top + CAPTION - 1), fill=background)
         drawing.text((left + cell_width / 2, top + CAPTION / 2), text, fill="white", anchor="mm")
