@@ -12,7 +12,7 @@ same initial weights); the fastest epoch of each is reported. Two more columns t
 (e) fit       the epoch as `python -m proj.fit --config configs/<model>.yaml` runs it: training, validation,
               checkpoints, LR monitor, progress bar and the default TensorBoard figures (from the end of one
               epoch to the end of the next, so figures still being drawn in the background count)
-(f) ceiling+val   (d) plus a forward pass over the validation split: the compute of (e)
+(f) ceiling+val   (d) plus a forward pass over the validation split: the compute of (e); two epochs a round, as (e), (g)
 (g) lightning+val the same model and data in a bare Lightning Trainer: validation, but no callback, logger,
               checkpoint or progress bar (timed as (e)). e/g is what proj adds to Lightning, g/f what
               Lightning's loop (and the model's step with its metrics) adds to the compute.
@@ -231,10 +231,14 @@ def time_validation(model: ImageClassifier, images: Tensor, labels: Tensor, batc
 
 
 def time_ceiling_with_validation(
-    model: ImageClassifier, images: Tensor, labels: Tensor, val: tuple[Tensor, Tensor], batch_size: int
+    model: ImageClassifier, images: Tensor, labels: Tensor, val: tuple[Tensor, Tensor], batch_size: int, epochs: int = 2
 ) -> list[float]:
-    train = time_ceiling(model, images, labels, batch_size)[0]
-    return [train + time_validation(model, *val, batch_size)]
+    """`epochs` epochs of (d) plus a validation pass each: as many as (e) and (g) time a round, so that the fastest
+    of each is drawn from as many tries on a machine whose speed wanders."""
+    return [
+        time_ceiling(model, images, labels, batch_size)[0] + time_validation(model, *val, batch_size)
+        for _ in range(epochs)
+    ]
 
 
 def time_ceiling(
