@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import sys
 import threading
 from fractions import Fraction
 from typing import Any
@@ -335,6 +337,16 @@ def test_the_figure_thread_runs_no_torch_op(tmp_path):
     assert set(tensorboard_images(logger.log_dir)) == {"val/confusion_matrix", "val/predictions"}
     assert [op for op in watch.ops if not op.startswith(("aten.zeros", "aten.add"))] == [], watch.ops
     assert any(op.startswith("aten.add") for op in watch.ops)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a thread's own priority is set on Linux only")
+def test_the_figure_thread_yields_to_training():
+    """Drawing and encoding the figures (~70 ms of CPU an epoch) runs at the lowest priority, so that on a machine
+    with few cores the training step's threads get the cores first; the main thread keeps its own priority."""
+    sending = proj.callbacks.figures._SENDING
+    nice = sending.submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())).result()
+    assert nice == proj.callbacks.figures.BACKGROUND == 19
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 19
 
 
 def test_figures_skip_loggers_without_images(monkeypatch, tmp_path):
