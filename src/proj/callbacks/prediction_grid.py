@@ -61,8 +61,8 @@ def short(name: str) -> str:
 
 def prediction_figure(
     images: Tensor | np.ndarray,
-    labels: Tensor | Sequence[int],
-    preds: Tensor | Sequence[int],
+    labels: Tensor | np.ndarray,
+    preds: Tensor | np.ndarray,
     columns: int = 8,
     names: Sequence[str] | None = None,
     mean: Sequence[float] | None = None,
