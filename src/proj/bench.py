@@ -82,6 +82,9 @@ RATIOS = (
 )
 
 
+TIMED_EPOCHS = 2  # epochs (e), (f) and (g) each time a round: their fastest is drawn from as many tries
+
+
 class EpochTimer(pl.Callback):
     """Wall-clock seconds of each training epoch, loop and hooks included."""
 
@@ -193,7 +196,7 @@ def time_proj(model: ImageClassifier, data_dir: str, pipeline: str, batch_size: 
     return timer.seconds
 
 
-def time_fit(config: str, data_dir: str, batch_size: int, epochs: int = 2) -> list[float]:
+def time_fit(config: str, data_dir: str, batch_size: int, epochs: int = TIMED_EPOCHS) -> list[float]:
     """`epochs` epochs of `python -m proj.fit --config configs/<config>.yaml`, every default callback on, after
     a first epoch that also pays for the start (sanity check, TensorBoard files)."""
     timer = EpochEnds()
@@ -205,7 +208,7 @@ def time_fit(config: str, data_dir: str, batch_size: int, epochs: int = 2) -> li
     return timer.seconds
 
 
-def time_lightning(model: ImageClassifier, data_dir: str, batch_size: int, epochs: int = 2) -> list[float]:
+def time_lightning(model: ImageClassifier, data_dir: str, batch_size: int, epochs: int = TIMED_EPOCHS) -> list[float]:
     """`epochs` epochs with validation in a Trainer with nothing added, after a first one (as `time_fit`)."""
     timer = EpochEnds()
     bare_trainer(timer, epochs + 1).fit(model, datamodule=MNISTDataModule(data_dir, batch_size=batch_size))
@@ -231,10 +234,14 @@ def time_validation(model: ImageClassifier, images: Tensor, labels: Tensor, batc
 
 
 def time_ceiling_with_validation(
-    model: ImageClassifier, images: Tensor, labels: Tensor, val: tuple[Tensor, Tensor], batch_size: int, epochs: int = 2
+    model: ImageClassifier,
+    images: Tensor,
+    labels: Tensor,
+    val: tuple[Tensor, Tensor],
+    batch_size: int,
+    epochs: int = TIMED_EPOCHS,
 ) -> list[float]:
-    """`epochs` epochs of (d) plus a validation pass each: as many as (e) and (g) time a round, so that the fastest
-    of each is drawn from as many tries on a machine whose speed wanders."""
+    """`epochs` epochs of (d) plus a validation pass each."""
     return [
         time_ceiling(model, images, labels, batch_size)[0] + time_validation(model, *val, batch_size)
         for _ in range(epochs)
